@@ -1,0 +1,37 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+# Each creates .venv when missing and installs the package into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch 2.13.0 CPU build (this repo's CI); for a GPU machine pick a CUDA build, e.g.
+#   make TORCH_SPEC="torch==2.13.0" PIP_EXTRA="--index-url https://download.pytorch.org/whl/cu126" install
+TORCH_SPEC ?= torch==2.13.0
+PIP_EXTRA ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lab report bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test,notebooks]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ckdlab train --data synthetic --backbone VBPR --out reports/demo-result.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/ckdlab bench --out benchmarks/latest.json
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

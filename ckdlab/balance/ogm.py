@@ -1,0 +1,210 @@
+"""OGM-GE: on-the-fly gradient modulation with generalisation enhancement
+(Peng, Wei, Deng, Wang & Hu, CVPR 2022), adapted to BPR recommendation.
+
+The loss is the backbone's own (BPR + L2 + auxiliary, ``backbone_step``); OGM
+only rescales gradients. Per step, with the channel of modality ``m`` being
+the backbone fed ``inputs.only(m)`` (every other modality mean-ablated):
+
+    s_m   = sum over the batch of sigmoid(s^m_ui - s^m_uj)     (confidence; no grad)
+    rho_m = s_m / mean_{m' != m} s_{m'}                        (discrepancy ratio)
+    k_m   = 1 - tanh(alpha * rho_m)   if rho_m > 1, else 1     (paper eq. 10, official code)
+
+``sigmoid`` of the channel's BPR margin plays the part of the softmax
+probability of the true class in the paper. With two modalities ``rho`` is
+the paper's ``s_a / s_v``; with more, each modality is compared with the mean
+of the others, and every modality with ``rho_m > 1`` is slowed down.
+
+``coefficient="shifted"`` uses ``k_m = 1 - tanh(alpha * relu(rho_m - 1))``
+instead, which is continuous at ``rho = 1`` (the paper's form jumps from 1 to
+``1 - tanh(alpha)`` there). The default is the paper's form, which is also the
+one in the authors' code (``1 - tanh(alpha * relu(ratio))`` under ``ratio > 1``).
+
+In ``after_backward``, during the modulation epochs ``[modulation_start,
+modulation_end]``, the gradient ``g`` of every parameter of
+``model.modality_parameters(m)`` becomes::
+
+    g <- k_m * g + n,   n ~ N(0, std(g)^2)     (GE; std of the un-modulated gradient)
+
+as in the authors' code, which adds the noise to every modulated modality's
+parameters, including those whose ``k_m = 1`` (``ge_scope="all"``);
+``ge_scope="dominant"`` adds it only where ``k_m < 1``. ``ge=False`` is plain
+OGM. Parameters outside every modality set are never touched. The noise comes
+from a ``torch.Generator`` seeded from ``config.seed``.
+
+Note on embedding tables: a user-preference table (VBPR's ``p_u^m``) gets a
+gradient only in the rows of the batch's users, but GE as published perturbs
+every entry. ``ge_touched_only=True`` restricts the noise to the entries with
+a non-zero gradient (and takes ``std`` over those entries).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import BalanceMethod, Batch, TrainContext, backbone_step, register_method
+from .channels import channel_margins, check_modalities
+
+_FORMS = ("paper", "shifted")
+_SCOPES = ("all", "dominant")
+
+
+def ogm_ratios(confidences: dict[str, float]) -> dict[str, float]:
+    """``rho_m = s_m / mean_{m' != m} s_{m'}`` for every modality (at least two)."""
+    if len(confidences) < 2:
+        raise ValueError(f"OGM needs at least two modalities, got {list(confidences)}")
+    total, n = sum(confidences.values()), len(confidences)
+    out = {}
+    for m, s in confidences.items():
+        others = (total - s) / (n - 1)
+        out[m] = float(s) / others if others > 0 else (math.inf if s > 0 else 1.0)
+    return out
+
+
+def ogm_coefficients(confidences: dict[str, float], alpha: float, form: str = "paper") -> dict[str, float]:
+    """Modulation coefficients ``k_m`` from per-modality confidences.
+
+    ``form="paper"``: ``k_m = 1 - tanh(alpha * rho_m)`` if ``rho_m > 1`` else 1
+    (OGM-GE eq. 10). ``form="shifted"``: ``k_m = 1 - tanh(alpha * relu(rho_m - 1))``.
+    ``rho_m`` is :func:`ogm_ratios`.
+    """
+    if form not in _FORMS:
+        raise ValueError(f"unknown OGM coefficient form {form!r}; expected one of {_FORMS}")
+    out = {}
+    for m, rho in ogm_ratios(confidences).items():
+        if rho > 1.0:
+            out[m] = 1.0 - math.tanh(alpha * (rho if form == "paper" else rho - 1.0))
+        else:
+            out[m] = 1.0
+    return out
+
+
+@register_method("ogm")
+class OGMGE(BalanceMethod):
+    """On-the-fly gradient modulation (+ generalisation enhancement) of modality parameters.
+
+    Parameters
+    ----------
+    alpha : float
+        Modulation strength (default 0.5).
+    modulation_start, modulation_end : int or None
+        First and last epoch (1-based, inclusive) with modulation; defaults: every epoch.
+    ge : bool
+        Add the Gaussian noise (OGM-GE, default) or not (plain OGM).
+    ge_scope : {"all", "dominant"}
+        Noise on every modality's parameters while modulating (authors' code, default)
+        or only on modalities with ``k_m < 1``.
+    ge_touched_only : bool
+        Noise only on gradient entries that are non-zero (default False, as published).
+    coefficient : {"paper", "shifted"}
+        Form of ``k_m``; see the module docstring.
+
+    History and extras
+    ------------------
+    Every epoch's history entry holds ``ogm_coeff`` (mean applied ``k_m``; 1 outside
+    the modulation epochs), ``ogm_ratio`` (mean ``rho_m``), ``ogm_confidence``
+    (mean ``sigmoid`` of the channel margin per triple) and ``ogm_active``.
+    ``extras()["ogm"]["trace"]`` keeps them for every epoch.
+    """
+
+    def __init__(self, alpha: float = 0.5, modulation_start: int = 1, modulation_end: int | None = None,
+                 ge: bool = True, ge_scope: str = "all", ge_touched_only: bool = False,
+                 coefficient: str = "paper"):
+        if float(alpha) < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if coefficient not in _FORMS:
+            raise ValueError(f"coefficient must be one of {_FORMS}, got {coefficient!r}")
+        if ge_scope not in _SCOPES:
+            raise ValueError(f"ge_scope must be one of {_SCOPES}, got {ge_scope!r}")
+        if modulation_end is not None and int(modulation_end) < int(modulation_start):
+            raise ValueError(f"modulation_end ({modulation_end}) < modulation_start ({modulation_start})")
+        self.alpha = float(alpha)
+        self.modulation_start = int(modulation_start)
+        self.modulation_end = None if modulation_end is None else int(modulation_end)
+        self.ge, self.ge_scope, self.ge_touched_only = bool(ge), ge_scope, bool(ge_touched_only)
+        self.coefficient = coefficient
+        self._epoch = 1
+        self._pending: dict[str, float] | None = None
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self.trace: list[dict] = []
+
+    def setup(self, ctx: TrainContext, model) -> None:
+        super().setup(ctx, model)
+        self.modalities = check_modalities(model, ctx.inputs, "OGM-GE (ogm)", disjoint=True)
+        self._params = {m: list(model.modality_parameters(m)) for m in self.modalities}
+        self._seed = int(ctx.config.seed) * 1_000_003 + 0x6F676D  # "ogm"
+        self._reset_epoch_sums()
+
+    def _reset_epoch_sums(self) -> None:
+        self._steps = 0
+        self._sums = {key: {m: 0.0 for m in self.modalities} for key in ("coeff", "ratio", "confidence")}
+
+    def active(self, epoch: int | None = None) -> bool:
+        e = self._epoch if epoch is None else epoch
+        return e >= self.modulation_start and (self.modulation_end is None or e <= self.modulation_end)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generators[device]
+
+    def batch_loss(self, model, inputs, batch: Batch):
+        with torch.no_grad():
+            cm = channel_margins(model, inputs, self.modalities, batch.users, batch.pos, batch.neg)
+            conf_t = torch.stack([torch.sigmoid(cm[m]).sum() for m in self.modalities]).double().cpu()
+        conf = {m: float(c) for m, c in zip(self.modalities, conf_t)}
+        ratios = ogm_ratios(conf)
+        coeffs = ogm_coefficients(conf, self.alpha, self.coefficient)
+        active = self.active()
+        self._pending = coeffs if active else None
+        n = max(len(batch.users), 1)
+        self._steps += 1
+        for m in self.modalities:
+            self._sums["coeff"][m] += coeffs[m] if active else 1.0
+            self._sums["ratio"][m] += ratios[m]
+            self._sums["confidence"][m] += conf[m] / n
+        loss, *_ = backbone_step(model, inputs, batch, self.ctx.config.reg_weight)
+        return loss, {}
+
+    @torch.no_grad()
+    def after_backward(self, model) -> None:
+        coeffs, self._pending = self._pending, None
+        if coeffs is None:
+            return
+        for m in self.modalities:
+            k = coeffs[m]
+            noisy = self.ge and (self.ge_scope == "all" or k < 1.0)
+            for p in self._params[m]:
+                g = p.grad
+                if g is None:
+                    continue
+                if noisy and g.numel() > 1:
+                    if self.ge_touched_only:
+                        mask = g != 0
+                        touched = g[mask]
+                        std = touched.std() if touched.numel() > 1 else torch.zeros((), device=g.device, dtype=g.dtype)
+                        noise = torch.randn(g.shape, generator=self._generator(g.device), device=g.device,
+                                            dtype=g.dtype) * std * mask
+                    else:
+                        std = g.std()
+                        noise = torch.randn(g.shape, generator=self._generator(g.device), device=g.device,
+                                            dtype=g.dtype) * std
+                    g.mul_(k).add_(noise)
+                elif k != 1.0:
+                    g.mul_(k)
+
+    def epoch_end(self, epoch: int, model) -> dict:
+        steps = max(self._steps, 1)
+        means = {key: {m: v / steps for m, v in sums.items()} for key, sums in self._sums.items()}
+        entry = {"ogm_coeff": means["coeff"], "ogm_ratio": means["ratio"],
+                 "ogm_confidence": means["confidence"], "ogm_active": self.active(epoch)}
+        self.trace.append({"epoch": epoch, **entry})
+        self._epoch = epoch + 1
+        self._reset_epoch_sums()
+        return entry
+
+    def extras(self) -> dict:
+        return {"ogm": {"alpha": self.alpha, "coefficient": self.coefficient, "ge": self.ge,
+                        "ge_scope": self.ge_scope, "ge_touched_only": self.ge_touched_only,
+                        "modulation_start": self.modulation_start, "modulation_end": self.modulation_end,
+                        "modalities": list(self.modalities), "trace": self.trace}}

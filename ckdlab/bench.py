@@ -1,0 +1,153 @@
+"""``ckdlab bench``: training/evaluation speed and memory, reported as ratios from one run.
+
+Each backbone is measured in its own subprocess so that its peak memory (resident
+set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is its own. Ratios:
+
+- ``eval_over_floor``: one full evaluation (``ckdlab.evaluate``) over the bare floor,
+  ``user_reps @ item_reps.T`` plus top-k for the same users (target <= 1.5);
+- ``sampling_over_epoch``: sampling one epoch of BPR triples over one training
+  epoch of VBPR (target <= 0.1);
+- ``epoch_over_vbpr``: a backbone's training epoch over VBPR's, same run.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_BACKBONES = ("VBPR", "DeepStyle", "MMGCN", "GRCN", "EgoGCN", "MGCN")
+SHARED_TIKTOK = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiktok"
+
+
+def _default_data() -> str:
+    return str(SHARED_TIKTOK) if SHARED_TIKTOK.is_dir() else "synthetic"
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure_backbone(data: str, backbone: str, device: str, epochs: int) -> dict:
+    """Time ``epochs`` training epochs, one full evaluation and its floor for one backbone."""
+    from .balance import Batch, build_method, TrainContext
+    from .backbones import build_backbone
+    from .cache import resolve_cache_dir
+    from .config import TrainConfig
+    from .data import BPRSampler, load
+    from .evaluate import evaluate, representations
+    from .modality import ModalityInputs
+    from .train import resolve_device, seed_everything
+
+    dataset = load(data)
+    dev = resolve_device(device)
+    seed_everything(0)
+    config = TrainConfig(backbone=backbone, device=str(dev))
+    model = build_backbone(backbone, dataset).to(dev)
+    inputs = ModalityInputs.from_dataset(dataset, dev)
+    method = build_method("none")
+    method.setup(TrainContext(dataset, config, dev, resolve_cache_dir(None), inputs), model)
+    sampler = BPRSampler(dataset.train_matrix, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    def one_epoch():
+        for users, pos, neg in sampler.epoch(config.batch_size):
+            batch = Batch(*(torch.as_tensor(a, dtype=torch.long, device=dev) for a in (users, pos, neg)))
+            loss, _ = method.batch_loss(model, inputs, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    one_epoch()  # warm-up (allocator, lazy graph caches)
+    epoch_seconds = _best_of(one_epoch, repeats=epochs)
+    sampling_seconds = _best_of(lambda: [None for _ in sampler.epoch(config.batch_size)])
+
+    users = dataset.eval_users("test")
+    eval_seconds = _best_of(lambda: evaluate(model, inputs, dataset, "test"))
+    user_reps, item_reps = representations(model, inputs)
+    forward_seconds = _best_of(lambda: representations(model, inputs))
+    idx = torch.as_tensor(users, device=dev)
+
+    def floor():
+        for start in range(0, len(users), 2048):
+            torch.topk(user_reps[idx[start:start + 2048]] @ item_reps.T, 50, dim=1)
+
+    floor_seconds = _best_of(floor) + forward_seconds
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"backbone": backbone, "epoch_seconds": epoch_seconds, "sampling_seconds": sampling_seconds,
+            "eval_seconds": eval_seconds, "floor_seconds": floor_seconds, "eval_users": int(len(users)),
+            "peak_memory_mb": peak_mb, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def run_bench(data: str | None = None, backbones=DEFAULT_BACKBONES, device: str = "auto", epochs: int = 2) -> dict:
+    data = data or _default_data()
+    rows = []
+    for name in backbones:
+        cmd = [sys.executable, "-m", "ckdlab.bench", "--one", name, "--data", data, "--device", device,
+               "--epochs", str(epochs)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"benchmark of {name} failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    by_name = {r["backbone"]: r for r in rows}
+    vbpr = by_name.get("VBPR")
+    for r in rows:
+        r["eval_over_floor"] = r["eval_seconds"] / r["floor_seconds"]
+        r["sampling_over_epoch"] = r["sampling_seconds"] / r["epoch_seconds"]
+        if vbpr:
+            r["epoch_over_vbpr"] = r["epoch_seconds"] / vbpr["epoch_seconds"]
+    return {"data": data, "device": device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"),
+            "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "rows": rows}
+
+
+def format_table(report: dict) -> str:
+    cols = [("backbone", "{:<10}"), ("epoch_seconds", "{:>9.3f}"), ("epoch_over_vbpr", "{:>9.2f}"),
+            ("eval_seconds", "{:>9.3f}"), ("eval_over_floor", "{:>9.2f}"), ("sampling_over_epoch", "{:>9.3f}"),
+            ("peak_memory_mb", "{:>9.0f}")]
+    heads = ["backbone", "s/epoch", "x VBPR", "eval s", "eval/flr", "samp/ep", "peak MB"]
+    lines = [f"data: {report['data']}  device: {report['device']}  gpu: {report['gpu']}  torch {report['torch']}",
+             f"{heads[0]:<10}" + "".join(f"{h:>9}" for h in heads[1:])]
+    for r in report["rows"]:
+        lines.append("".join(fmt.format(r.get(c, float("nan"))) for c, fmt in cols))
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from .backbones import available
+
+    names = args.backbones.split(",") if args.backbones else [b for b in DEFAULT_BACKBONES if b in available()]
+    report = run_bench(args.data, names, args.device, args.epochs)
+    print(format_table(report))
+    if args.out:
+        from .result import atomic_write_text
+        atomic_write_text(args.out, json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--one", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=int, default=2)
+    a = p.parse_args()
+    print(json.dumps(measure_backbone(a.data, a.one, a.device, a.epochs)))

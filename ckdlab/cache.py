@@ -1,0 +1,15 @@
+"""Where cached results, teachers and graphs live."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def resolve_cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """``explicit`` if given, else ``$CKDLAB_CACHE``, else ``~/.cache/ckdlab``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("CKDLAB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "ckdlab"

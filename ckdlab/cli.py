@@ -1,0 +1,110 @@
+"""The ``ckdlab`` command line: train, data summary, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import TrainConfig
+
+
+def _metric_table(result) -> str:
+    """A short plain-text table: overall and per-modality test metrics at K=20."""
+    cols = ["recall@20", "ndcg@20", "precision@20"]
+    rows = [("all modalities", result.test)] + [(f"{m} channel", v) for m, v in result.test_by_modality.items()]
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'test split':<{width}}" + "".join(f"{c:>14}" for c in cols)]
+    for name, metrics in rows:
+        lines.append(f"{name:<{width}}" + "".join(f"{metrics.get(c, float('nan')):>14.4f}" for c in cols))
+    valid = result.valid.get("recall@20", float("nan"))
+    lines.append(f"best epoch {result.best_epoch} of {result.epochs_run}; valid recall@20 {valid:.4f}; "
+                 f"{result.timing.get('train_seconds_per_epoch', 0):.2f} s/epoch on {result.timing.get('device')}")
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    from .experiments import load_dataset, run
+
+    config = TrainConfig(backbone=args.backbone, method=args.method, seed=args.seed, device=args.device,
+                         progress=None if not args.quiet else False)
+    if args.epochs is not None:
+        config = config.replace(max_epochs=args.epochs)
+    config = config.with_settings(args.set or [])
+    dataset = load_dataset(args.data)
+    result = run(config, dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    summary = dataset.summary()
+    print(f"{config.backbone} + {config.method} on {summary['name']} "
+          f"({summary['users']} users, {summary['items']} items, modalities {summary['modalities']})"
+          + ("  [cached result]" if result.extras.get("cached") else ""))
+    print(_metric_table(result))
+    if args.out:
+        result.to_json(args.out)
+        print(f"result written to {args.out}")
+    return 0
+
+
+def cmd_data_summary(args) -> int:
+    from .data import DataError, load
+
+    try:
+        dataset = load(args.path)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(dataset.summary(), indent=2))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckdlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train and evaluate one backbone (+ balancing method)")
+    train.add_argument("--data", default="synthetic", help="dataset folder (MMRec or LATTICE layout) or 'synthetic'")
+    train.add_argument("--backbone", default="VBPR", help="backbone name, case-insensitive")
+    train.add_argument("--method", default="none", help="balancing method: none, ckd, gb, ogm")
+    train.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping may end sooner)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    train.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help="override a setting: lr=0.005, backbone.embedding_dim=32, method.lambda_kd=0.1")
+    train.add_argument("--cache-dir", default=None, help="cache folder (default $CKDLAB_CACHE or ~/.cache/ckdlab)")
+    train.add_argument("--no-cache", action="store_true", help="always train, do not read or write the result cache")
+    train.add_argument("--out", default=None, help="write the result JSON here")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    summary = data_sub.add_parser("summary", help="validate a dataset and print its summary")
+    summary.add_argument("path", help="dataset folder or 'synthetic'")
+    summary.set_defaults(func=cmd_data_summary)
+
+    bench = sub.add_parser("bench", help="measure training/evaluation speed and memory")
+    bench.add_argument("--data", default=None, help="dataset (default: ../shared/data/tiktok if present, else synthetic)")
+    bench.add_argument("--backbones", default=None, help="comma-separated backbone names (default: all six)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--epochs", type=int, default=2, help="timed training epochs per backbone")
+    bench.add_argument("--out", default=None, help="write the measurements as JSON here")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

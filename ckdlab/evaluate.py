@@ -1,0 +1,115 @@
+"""Full-ranking evaluation: Recall, NDCG and Precision @K over the whole catalogue.
+
+Every user's training items are masked; metrics are averaged over the split's
+evaluation users (those with at least one training interaction, see
+``Dataset.eval_users``). Users are processed in batches so memory stays
+bounded on large catalogues.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .modality import ModalityInputs
+
+DEFAULT_KS = (10, 20, 50)
+
+
+def _rows_to_dense_mask(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
+    """Boolean (len(rows), n_cols) mask of the non-zeros of ``matrix[rows]``."""
+    sub = matrix[rows]
+    r = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
+    mask = torch.zeros(len(rows), matrix.shape[1], dtype=torch.bool, device=device)
+    mask[torch.as_tensor(r, device=device), torch.as_tensor(sub.indices, dtype=torch.long, device=device)] = True
+    return mask
+
+
+def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks=DEFAULT_KS) -> dict[str, torch.Tensor]:
+    """Per-user metrics from a (users, max_k) 0/1 hit matrix of ranked lists.
+
+    NDCG uses the standard ideal DCG over ``min(n_relevant, k)`` positions.
+    """
+    hits = hits.float()
+    max_k = hits.shape[1]
+    discounts = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=hits.device, dtype=torch.float32))
+    ideal_cum = torch.cumsum(discounts, 0)
+    n_rel = n_relevant.float().clamp(min=1)
+    out = {}
+    for k in ks:
+        h = hits[:, :k]
+        n_hit = h.sum(1)
+        out[f"recall@{k}"] = n_hit / n_rel
+        out[f"precision@{k}"] = n_hit / k
+        idcg = ideal_cum[(torch.clamp(n_relevant, max=k).long() - 1).clamp(min=0)]
+        out[f"ndcg@{k}"] = (h * discounts[:k]).sum(1) / idcg
+    return out
+
+
+def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.ndarray,
+                 mask_matrix: sp.csr_matrix, truth_matrix: sp.csr_matrix, ks=DEFAULT_KS,
+                 batch_size: int = 2048, per_user: bool = False) -> dict:
+    """Full-ranking metrics of the scores ``user_reps @ item_reps.T``.
+
+    Parameters
+    ----------
+    users : np.ndarray
+        Users to evaluate (each must have at least one item in ``truth_matrix``).
+    mask_matrix : csr_matrix
+        Items never to rank per user (their training items).
+    truth_matrix : csr_matrix
+        Held-out relevant items per user.
+    per_user : bool
+        Also return the per-user values (``{"metric": np.ndarray}`` under ``"per_user"``).
+    """
+    ks = tuple(sorted(ks))
+    max_k = min(max(ks), item_reps.shape[0])
+    sums: dict[str, float] = {}
+    collected: dict[str, list] = {}
+    device = user_reps.device
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        scores = user_reps[torch.as_tensor(batch, device=device)] @ item_reps.T
+        scores.masked_fill_(_rows_to_dense_mask(mask_matrix, batch, device), float("-inf"))
+        top = torch.topk(scores, max_k, dim=1).indices
+        truth = _rows_to_dense_mask(truth_matrix, batch, device)
+        hits = truth.gather(1, top)
+        values = metrics_from_hits(hits, truth.sum(1), ks)
+        for name, v in values.items():
+            sums[name] = sums.get(name, 0.0) + float(v.sum())
+            if per_user:
+                collected.setdefault(name, []).append(v.cpu().numpy())
+    n = max(len(users), 1)
+    result = {name: sums.get(name, 0.0) / n for name in _metric_names(ks)}
+    if per_user:
+        result["per_user"] = {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
+    return result
+
+
+def _metric_names(ks) -> list[str]:
+    return [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "precision")]
+
+
+@torch.no_grad()
+def representations(model, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """User and item representations in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(inputs)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model, inputs: ModalityInputs, dataset, split: str = "valid", ks=DEFAULT_KS,
+             batch_size: int = 2048) -> dict[str, float]:
+    """Full-ranking metrics of ``model`` on ``split`` with the given (possibly ablated) inputs."""
+    user_reps, item_reps = representations(model, inputs)
+    return rank_metrics(user_reps, item_reps, dataset.eval_users(split), dataset.train_matrix,
+                        dataset.interaction_matrix(split), ks, batch_size)
+
+
+def evaluate_by_modality(model, inputs: ModalityInputs, dataset, split: str = "valid", ks=DEFAULT_KS,
+                         batch_size: int = 2048) -> dict[str, dict[str, float]]:
+    """Metrics of each uni-modal channel: the model with every other modality mean-ablated."""
+    return {m: evaluate(model, inputs.only(m), dataset, split, ks, batch_size) for m in inputs.names}

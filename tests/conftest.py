@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny hand-built dataset and the location of the real data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ckdlab.data.dataset import Dataset
+
+# One intra-op thread: identical numbers run to run, and no oversubscription when
+# pytest shares the machine with other work.
+torch.set_num_threads(1)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_tiny_dataset(n_users: int = 30, n_items: int = 40, per_user: int = 8, seed: int = 0,
+                      dims: dict[str, int] | None = None) -> Dataset:
+    """A small random dataset: every user has ``per_user`` distinct items split 6/1/1."""
+    rng = np.random.default_rng(seed)
+    dims = dims or {"image": 12, "text": 8}
+    rows = {"train": [], "valid": [], "test": []}
+    for u in range(n_users):
+        items = rng.choice(n_items, size=per_user, replace=False)
+        rows["train"] += [(u, i) for i in items[:-2]]
+        rows["valid"].append((u, items[-2]))
+        rows["test"].append((u, items[-1]))
+    arr = {k: np.asarray(v, dtype=np.int64) for k, v in rows.items()}
+    feats = {m: rng.normal(size=(n_items, d)).astype(np.float32) for m, d in dims.items()}
+    return Dataset("tiny", n_users, n_items, arr["train"], arr["valid"], arr["test"], feats, source="tests")
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    return make_tiny_dataset()
+
+
+def shared_dataset_path(name: str) -> Path:
+    """Path of a real dataset under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real dataset {name!r} not available: {path} is absent (a fresh clone has no ../shared)")
+    return path
