@@ -23,7 +23,8 @@ def bipartite_edges(train: np.ndarray, n_users: int) -> tuple[np.ndarray, np.nda
 
 def _sparse(src: np.ndarray, dst: np.ndarray, values: np.ndarray, n: int) -> torch.Tensor:
     index = torch.as_tensor(np.stack([dst, src]), dtype=torch.long)  # row = receiver, col = sender
-    return torch.sparse_coo_tensor(index, torch.as_tensor(values, dtype=torch.float32), (n, n)).coalesce()
+    return torch.sparse_coo_tensor(index, torch.as_tensor(values, dtype=torch.float32), (n, n),
+                                   check_invariants=False).coalesce()
 
 
 def normalized_adjacency(train: np.ndarray, n_users: int, n_items: int, kind: str = "sym") -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import bipartite_edges, normalized_adjacency
+from ..graph import bipartite_edges
 from ..modality import ModalityInputs
 from .base import Backbone, register
 
@@ -30,6 +30,100 @@ def edge_softmax(logits: torch.Tensor, index: torch.Tensor, n_nodes: int) -> tor
     e = (logits - mx.index_select(0, index)).exp()
     denom = torch.zeros(n_nodes, dtype=logits.dtype, device=logits.device).index_add_(0, index, e)
     return e / denom.index_select(0, index)
+
+
+class EdgeList(nn.Module):
+    """Directed edges ``src -> dst`` over ``n_nodes`` nodes, with CSR indices for fast edge ops.
+
+    Edges are sorted by ``(dst, src)`` so that per-edge values are directly the
+    values of a CSR matrix ``A[dst, src]``; ``perm_t`` reorders them for ``A^T``.
+    Everything is a (non-persistent) buffer and follows the module's device.
+    """
+
+    def __init__(self, src: np.ndarray, dst: np.ndarray, n_nodes: int):
+        super().__init__()
+        src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+        order = np.lexsort((src, dst))
+        src, dst = src[order], dst[order]
+        perm_t = np.lexsort((dst, src))
+        self.n_nodes = int(n_nodes)
+        as_t = torch.as_tensor
+        self.register_buffer("src", as_t(src), persistent=False)
+        self.register_buffer("dst", as_t(dst), persistent=False)
+        self.register_buffer("crow", as_t(np.concatenate([[0], np.cumsum(np.bincount(dst, minlength=n_nodes))])),
+                             persistent=False)
+        self.register_buffer("perm_t", as_t(perm_t), persistent=False)
+        self.register_buffer("crow_t", as_t(np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n_nodes))])),
+                             persistent=False)
+        self.register_buffer("col_t", as_t(dst[perm_t]), persistent=False)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.src.shape[0])
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        """CSR ``A`` with ``A[dst_e, src_e] = values_e``."""
+        return torch.sparse_csr_tensor(self.crow, self.src, values, (self.n_nodes, self.n_nodes))
+
+    def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
+        """CSR ``A^T`` of :meth:`matrix`."""
+        return torch.sparse_csr_tensor(self.crow_t, self.col_t, values.index_select(0, self.perm_t),
+                                       (self.n_nodes, self.n_nodes))
+
+    def sym_norm(self) -> torch.Tensor:
+        """Per-edge ``1 / sqrt(deg(dst) deg(src))`` (LightGCN normalisation), degree = incoming edges."""
+        deg = (self.crow[1:] - self.crow[:-1]).to(torch.float32)
+        inv = torch.where(deg > 0, deg.clamp_min(1).rsqrt(), torch.zeros_like(deg))
+        return inv.index_select(0, self.dst) * inv.index_select(0, self.src)
+
+
+class _EdgeDot(torch.autograd.Function):
+    """``out_e = <a[dst_e], b[src_e]>`` (SDDMM); backward by two sparse products."""
+
+    @staticmethod
+    def forward(ctx, a, b, edges):
+        ctx.save_for_backward(a, b)
+        ctx.edges = edges
+        return (a.index_select(0, edges.dst) * b.index_select(0, edges.src)).sum(dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        e = ctx.edges
+        ga = e.matrix(grad) @ b if ctx.needs_input_grad[0] else None
+        gb = e.matrix_t(grad) @ a if ctx.needs_input_grad[1] else None
+        return ga, gb, None
+
+
+class _EdgeSpmm(torch.autograd.Function):
+    """``out_i = sum_{e: dst_e = i} w_e x[src_e]`` (SpMM with per-edge weights)."""
+
+    @staticmethod
+    def forward(ctx, w, x, edges):
+        ctx.save_for_backward(w, x)
+        ctx.edges = edges
+        return edges.matrix(w) @ x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        w, x = ctx.saved_tensors
+        e = ctx.edges
+        grad = grad.contiguous()
+        gw = (grad.index_select(0, e.dst) * x.index_select(0, e.src)).sum(dim=-1) if ctx.needs_input_grad[0] else None
+        gx = e.matrix_t(w) @ grad if ctx.needs_input_grad[1] else None
+        return gw, gx, None
+
+
+def edge_dot(a: torch.Tensor, b: torch.Tensor, edges: EdgeList) -> torch.Tensor:
+    """Per-edge inner product ``<a[dst_e], b[src_e]>``, shape ``(n_edges,)``."""
+    return _EdgeDot.apply(a.contiguous(), b.contiguous(), edges)
+
+
+def edge_spmm(weights: torch.Tensor, x: torch.Tensor, edges: EdgeList) -> torch.Tensor:
+    """Weighted neighbour sum ``out_i = sum_{e: j -> i} w_e x_j``, shape ``(n_nodes, D)``."""
+    return _EdgeSpmm.apply(weights.contiguous(), x.contiguous(), edges)
 
 
 def _gate_key(receiver: str, sender: str) -> str:
@@ -69,23 +163,24 @@ class EdgeModulationLayer(nn.Module):
         """Gates owned by branch ``receiver`` (those that modulate what it receives)."""
         return [p for m2 in self.modalities if m2 != receiver for p in self.gates[_gate_key(receiver, m2)].parameters()]
 
-    def forward(self, h: dict[str, torch.Tensor], src: torch.Tensor, dst: torch.Tensor) -> dict[str, torch.Tensor]:
-        n_nodes = next(iter(h.values())).shape[0]
+    def forward(self, h: dict[str, torch.Tensor], edges: EdgeList) -> dict[str, torch.Tensor]:
         out = {}
         for m in self.modalities:
-            recv = h[m].index_select(0, dst)  # (E, D) receiver state of every edge
-            cands = []
-            for m2 in self.modalities:
-                c = h[m2] if m2 == m else torch.sigmoid(self.gates[_gate_key(m, m2)](h[m2])) * h[m2]
-                cands.append(c.index_select(0, src))
+            # candidate messages, computed per sender node (edge-independent)
+            cands = [h[m2] if m2 == m else torch.sigmoid(self.gates[_gate_key(m, m2)](h[m2])) * h[m2]
+                     for m2 in self.modalities]
+            logits = [edge_dot(h[m], c, edges) for c in cands]  # <h^m_i, c^{m,m'}_j> per edge
             if len(cands) == 1:
-                msg = cands[0]
+                betas = [None]
+                score = logits[0]
             else:
-                cand = torch.stack(cands, dim=1)  # (E, M, D)
-                beta = torch.softmax(torch.einsum("emd,ed->em", cand, recv), dim=1)
-                msg = torch.einsum("em,emd->ed", beta, cand)
-            alpha = edge_softmax((recv * msg).sum(dim=-1), dst, n_nodes)
-            agg = torch.zeros_like(h[m]).index_add_(0, dst, alpha.unsqueeze(-1) * msg)
+                lg = torch.stack(logits, dim=1)  # (E, M)
+                beta = torch.softmax(lg, dim=1)
+                betas = beta.unbind(dim=1)
+                score = (beta * lg).sum(dim=1)  # = <h^m_i, mu^m_ij>
+            alpha = edge_softmax(score, edges.dst, edges.n_nodes)
+            # sum_j alpha_ij mu_ij = sum_m' A(alpha * beta_m') @ c^{m,m'}
+            agg = sum(edge_spmm(alpha if b is None else alpha * b, c, edges) for b, c in zip(betas, cands))
             out[m] = F.normalize(h[m] + agg, dim=1)
         return out
 
@@ -165,11 +260,9 @@ class EgoGCN(Backbone):
         self.projection = nn.ModuleDict({m: nn.Linear(int(f.shape[1]), d) for m, f in dataset.features.items()})
         self.layers = nn.ModuleList([EdgeModulationLayer(self.modalities, d) for _ in range(self.n_layers)])
 
-        train = np.asarray(dataset.train, dtype=np.int64)
-        src, dst = bipartite_edges(train, self.n_users)
-        self.register_buffer("src", torch.as_tensor(src), persistent=False)
-        self.register_buffer("dst", torch.as_tensor(dst), persistent=False)
-        self.register_buffer("adj", normalized_adjacency(train, self.n_users, self.n_items, "sym"), persistent=False)
+        src, dst = bipartite_edges(np.asarray(dataset.train, dtype=np.int64), self.n_users)
+        self.edges = EdgeList(src, dst, n)
+        self.register_buffer("adj_values", self.edges.sym_norm(), persistent=False)
 
     # -- parts ---------------------------------------------------------------
     def id_part(self) -> torch.Tensor:
@@ -177,7 +270,7 @@ class EgoGCN(Backbone):
         x = self.id_embedding
         acc = x
         for _ in range(self.n_layers):
-            x = torch.sparse.mm(self.adj, x)
+            x = edge_spmm(self.adj_values, x, self.edges)
             acc = acc + x
         return acc / (self.n_layers + 1)
 
@@ -194,7 +287,7 @@ class EgoGCN(Backbone):
         """``(n_users + n_items, D)`` output of each modality branch."""
         h = self.node_inputs(inputs)
         for layer in self.layers:
-            h = layer(h, self.src, self.dst)
+            h = layer(h, self.edges)
         return h
 
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graph import normalized_adjacency
-from ..knn import knn_graph
+from ..knn import SparseMatrix, knn_graph
 from ..modality import ModalityInputs
 from .base import Backbone, register
 
@@ -131,12 +131,13 @@ class MGCN(Backbone):
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
         train = np.asarray(dataset.train, dtype=np.int64)
-        self.register_buffer("adj", normalized_adjacency(train, self.n_users, self.n_items, "sym"), persistent=False)
-        self.register_buffer("user_item", _user_item_block(train, self.n_users, self.n_items), persistent=False)
-        for k, m in enumerate(self.modalities):
-            g = knn_graph(dataset.features[m], k=self.knn_k, normalization="sym",
-                          block_size=knn_block_size, device=knn_device or "cpu").cpu()
-            self.register_buffer(f"knn_{k}", g, persistent=False)
+        self.adj = SparseMatrix(normalized_adjacency(train, self.n_users, self.n_items, "sym"))
+        self.user_item = SparseMatrix(_user_item_block(train, self.n_users, self.n_items))
+        self.item_graphs = nn.ModuleList([
+            SparseMatrix(knn_graph(dataset.features[m], k=self.knn_k, normalization="sym",
+                                   block_size=knn_block_size, device=knn_device or "cpu"))
+            for m in self.modalities
+        ])
         self._cache: OrderedDict[int, tuple] = OrderedDict()
 
     def __getstate__(self):
@@ -145,9 +146,9 @@ class MGCN(Backbone):
         state["_cache"] = OrderedDict()
         return state
 
-    def item_graph(self, modality: str) -> torch.Tensor:
-        """The normalised kNN graph of ``modality`` (sparse ``(n_items, n_items)``)."""
-        return getattr(self, f"knn_{self.modalities.index(modality)}")
+    def item_graph(self, modality: str) -> SparseMatrix:
+        """The normalised kNN graph of ``modality`` (operator on ``(n_items, D)``)."""
+        return self.item_graphs[self.modalities.index(modality)]
 
     # -- parts ---------------------------------------------------------------
     def id_view(self) -> torch.Tensor:
@@ -155,7 +156,7 @@ class MGCN(Backbone):
         x = torch.cat([self.user_embedding, self.item_id_embedding], dim=0)
         acc = x
         for _ in range(self.n_ui_layers):
-            x = torch.sparse.mm(self.adj, x)
+            x = self.adj(x)
             acc = acc + x
         return acc / (self.n_ui_layers + 1)
 
@@ -173,8 +174,8 @@ class MGCN(Backbone):
         else:
             g = self.item_graph(modality)
             for _ in range(self.n_mm_layers):
-                e = torch.sparse.mm(g, e)
-        u = self.mean_user_preference(torch.sparse.mm(self.user_item, e), inputs, modality)
+                e = g(e)
+        u = self.mean_user_preference(self.user_item(e), inputs, modality)
         return u, e
 
     def views(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:

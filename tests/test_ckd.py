@@ -1,0 +1,149 @@
+"""CKD: losses, counterfactual weights, teachers and their cache, the plain-BPR limit."""
+import math
+
+import pytest
+import torch
+
+import ckdlab.balance.teachers as teachers_module
+from ckdlab.balance import Batch, TrainContext, backbone_step, build_method
+from ckdlab.balance.ckd import paper_weights, released_weights
+from ckdlab.config import TrainConfig
+from ckdlab.data import load
+from ckdlab.losses import (bpr_loss, hinge_distillation, kl_distillation, mse_distillation,
+                           tempered_bce_distillation)
+from ckdlab.modality import ModalityInputs
+from ckdlab.train import fit
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_losses_against_hand_computation():
+    dt = torch.tensor([1.0, -0.5, 2.0])
+    ds = torch.tensor([0.5, 0.5, 3.0])
+    assert float(hinge_distillation(dt, ds)) == pytest.approx((0.5 + 0 + 0) / 3)
+    assert float(mse_distillation(dt, ds)) == pytest.approx((0.25 + 1 + 1) / 3)
+    tau = 0.5
+    bce = [-(sig(t / tau) * math.log(sig(s / tau)) + (1 - sig(t / tau)) * math.log(1 - sig(s / tau)))
+           for t, s in zip(dt.tolist(), ds.tolist())]
+    assert float(tempered_bce_distillation(dt, ds, tau)) == pytest.approx(sum(bce) / 3, rel=1e-5)
+    kl = [sig(t / tau) * math.log(sig(t / tau) / sig(s / tau))
+          + (1 - sig(t / tau)) * math.log((1 - sig(t / tau)) / (1 - sig(s / tau)))
+          for t, s in zip(dt.tolist(), ds.tolist())]
+    assert float(kl_distillation(dt, ds, tau)) == pytest.approx(sum(kl) / 3, rel=1e-5)
+    assert float(bpr_loss(torch.tensor([2.0]), torch.tensor([1.0]))) == pytest.approx(-math.log(sig(1.0)))
+
+
+def test_paper_weights_by_hand():
+    rho, lam = paper_weights({"text": 0.6, "image": 0.2}, {"text": 2.0, "image": 1.0})
+    assert rho == pytest.approx({"text": 0.3, "image": 0.2})
+    # lambda_m = 1 - rho_m / (0.3 + 0.2): the under-optimised modality (lower rho) gets more weight
+    assert lam == pytest.approx({"text": 0.4, "image": 0.6})
+
+
+def test_paper_weights_clamp_negative_rho():
+    rho, lam = paper_weights({"text": 0.6, "image": -0.3}, {"text": 2.0, "image": 1.0}, rho_floor=1e-6)
+    assert rho["image"] == pytest.approx(-0.3)  # reported unclamped
+    total = 0.3 + 1e-6
+    assert lam["text"] == pytest.approx(1 - 0.3 / total)
+    assert lam["image"] == pytest.approx(1 - 1e-6 / total)
+    assert 0 <= lam["text"] <= 1 and 0 <= lam["image"] <= 1
+
+
+def test_released_weights_sum_to_two_for_two_modalities():
+    ite = {"text": torch.tensor([1.0, 0.5]), "image": torch.tensor([0.2, 0.5])}
+    margin = {"text": torch.tensor([2.0, 1.0]), "image": torch.tensor([1.0, 1.0])}
+    w = released_weights(ite, margin)
+    c_t, c_v = torch.tensor([0.5, 0.5]), torch.tensor([0.2, 0.5])
+    assert torch.allclose(w["text"], 1 - (c_t - c_v) / (c_t + c_v))
+    assert torch.allclose(w["text"] + w["image"], torch.tensor([2.0, 2.0]))
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load("synthetic", n_users=200, n_items=160)
+
+
+def cfg(**kw):
+    base = dict(backbone="VBPR", method="ckd", max_epochs=2, batch_size=512, lr=5e-3, progress=False,
+                method_params={"teacher": {"max_epochs": 2}})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def setup_ckd(dataset, config, cache_dir):
+    torch.manual_seed(0)
+    from ckdlab.backbones import build_backbone
+    model = build_backbone(config.backbone, dataset)
+    inputs = ModalityInputs.from_dataset(dataset)
+    method = build_method("ckd", **config.method_params)
+    method.setup(TrainContext(dataset, config, torch.device("cpu"), cache_dir, inputs), model)
+    return model, inputs, method
+
+
+def test_lambda_kd_zero_equals_plain_bpr(small, tmp_path):
+    config = cfg(method_params={"lambda_kd": 0.0, "teacher": {"max_epochs": 1}})
+    model, inputs, method = setup_ckd(small, config, tmp_path)
+    batch = Batch(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
+    ckd_loss, _ = method.batch_loss(model, inputs, batch)
+    plain, *_ = backbone_step(model, inputs, batch, config.reg_weight)
+    assert float(ckd_loss.detach()) == pytest.approx(float(plain.detach()), abs=1e-7)
+
+
+def test_teachers_see_only_their_modality(small, tmp_path):
+    config = cfg()
+    # train the same teacher on data whose image features are shuffled: identical representations
+    perm = torch.randperm(small.n_items, generator=torch.Generator().manual_seed(1)).numpy()
+    shuffled = load("synthetic", n_users=200, n_items=160)
+    shuffled.features["image"] = shuffled.features["image"][perm]
+    a = teachers_module.load_or_train_teacher(config, small, "text", tmp_path / "a", torch.device("cpu"),
+                                              {"max_epochs": 1})
+    b = teachers_module.load_or_train_teacher(config, shuffled, "text", tmp_path / "b", torch.device("cpu"),
+                                              {"max_epochs": 1})
+    # equal up to float rounding: the permuted mean is summed in another order
+    assert torch.allclose(a.user_reps, b.user_reps, atol=1e-4) and torch.allclose(a.item_reps, b.item_reps, atol=1e-4)
+    c = teachers_module.load_or_train_teacher(config, shuffled, "image", tmp_path / "c", torch.device("cpu"),
+                                              {"max_epochs": 1})
+    d = teachers_module.load_or_train_teacher(config, small, "image", tmp_path / "d", torch.device("cpu"),
+                                              {"max_epochs": 1})
+    assert not torch.allclose(c.item_reps, d.item_reps, atol=1e-2)
+
+
+def test_teacher_cache_hit_on_second_run(small, tmp_path, monkeypatch):
+    first = fit(small, cfg(), cache_dir=tmp_path)
+    assert all(not t["cached"] for t in first.teachers.values())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("teacher retrained despite the cache")
+
+    monkeypatch.setattr("ckdlab.train.fit", no_training)  # teachers import fit lazily from ckdlab.train
+    second = teachers_module.load_or_train_teacher(cfg(), small, "text", tmp_path, torch.device("cpu"),
+                                                   {"max_epochs": 2})
+    assert second.cached
+
+
+def test_ckd_run_records_rho_lambda_trace_and_teachers(small, tmp_path):
+    result = fit(small, cfg(method_params={"teacher": {"max_epochs": 2}, "trace_every": 2}), cache_dir=tmp_path)
+    for entry in result.history:
+        assert set(entry["rho"]) == set(entry["lambda"]) == set(small.modalities)
+        assert sum(entry["lambda"].values()) == pytest.approx(1.0)  # M - 1 for the paper's weights
+    assert result.trace and {"step", "epoch", "rho", "lambda"} <= set(result.trace[0])
+    assert set(result.teachers) == set(small.modalities)
+    assert "recall@20" in result.teachers["text"]["test"]
+
+
+@pytest.mark.parametrize("params", [{"generic": False}, {"reweight": "none"}, {"specific": "kl"},
+                                    {"specific": "mse"}, {"reweight": "released"}])
+def test_ablation_variants_run(small, tmp_path, params):
+    result = fit(small, cfg(max_epochs=1, method_params={**params, "teacher": {"max_epochs": 1}}), cache_dir=tmp_path)
+    assert result.history[0]["kd_loss"] >= 0
+    if params.get("reweight") == "none":
+        assert result.history[0]["lambda"] == {m: 1.0 for m in small.modalities}
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="specific"):
+        build_method("ckd", specific="cosine")
+    with pytest.raises(ValueError, match="reweight"):
+        build_method("ckd", reweight="magic")
