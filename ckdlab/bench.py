@@ -7,11 +7,15 @@ set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is its own. Ratios
   ``user_reps @ item_reps.T`` plus top-k for the same users (target <= 1.5);
 - ``sampling_over_epoch``: sampling one epoch of BPR triples over one training
   epoch of VBPR (target <= 0.1);
-- ``epoch_over_vbpr``: a backbone's training epoch over VBPR's, same run.
+- ``epoch_over_vbpr``: a backbone's training epoch over VBPR's, same run;
+- ``ckd_over_plain``: a CKD training epoch over the plain backbone's (teachers
+  excluded: trained untimed for one epoch and read from a temporary cache);
+  targets: <= 2.5 for VBPR and DeepStyle, <= M + 1.5 for the others.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -40,26 +44,14 @@ def _best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def measure_backbone(data: str, backbone: str, device: str, epochs: int) -> dict:
-    """Time ``epochs`` training epochs, one full evaluation and its floor for one backbone."""
-    from .balance import Batch, build_method, TrainContext
-    from .backbones import build_backbone
-    from .cache import resolve_cache_dir
-    from .config import TrainConfig
-    from .data import BPRSampler, load
-    from .evaluate import evaluate, representations
-    from .modality import ModalityInputs
-    from .train import resolve_device, seed_everything
+def _epoch_timer(dataset, model, inputs, method_name: str, method_params: dict, config, dev, cache_dir):
+    """A function running one training epoch of ``model`` under a balancing method."""
+    from .balance import Batch, TrainContext, build_method
+    from .data import BPRSampler
 
-    dataset = load(data)
-    dev = resolve_device(device)
-    seed_everything(0)
-    config = TrainConfig(backbone=backbone, device=str(dev))
-    model = build_backbone(backbone, dataset).to(dev)
-    inputs = ModalityInputs.from_dataset(dataset, dev)
-    method = build_method("none")
-    method.setup(TrainContext(dataset, config, dev, resolve_cache_dir(None), inputs), model)
-    sampler = BPRSampler(dataset.train_matrix, seed=0)
+    method = build_method(method_name, **method_params)
+    method.setup(TrainContext(dataset, config, dev, cache_dir, inputs), model)
+    sampler = BPRSampler(method.training_matrix(dataset), seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     def one_epoch():
@@ -68,11 +60,40 @@ def measure_backbone(data: str, backbone: str, device: str, epochs: int) -> dict
             loss, _ = method.batch_loss(model, inputs, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            method.after_backward(model)
             optimizer.step()
 
-    one_epoch()  # warm-up (allocator, lazy graph caches)
-    epoch_seconds = _best_of(one_epoch, repeats=epochs)
-    sampling_seconds = _best_of(lambda: [None for _ in sampler.epoch(config.batch_size)])
+    one_epoch()  # warm-up (allocator, lazy caches)
+    return one_epoch, sampler
+
+
+def measure_backbone(data: str, backbone: str, device: str, epochs: int, ckd: bool = True) -> dict:
+    """Time training epochs (plain and, with ``ckd``, under CKD), one full evaluation and its floor."""
+    import tempfile
+
+    from .backbones import build_backbone
+    from .config import TrainConfig
+    from .data import load
+    from .evaluate import evaluate, representations
+    from .modality import ModalityInputs
+    from .train import resolve_device, seed_everything
+
+    dataset = load(data)
+    dev = resolve_device(device)
+    seed_everything(0)
+    config = TrainConfig(backbone=backbone, device=str(dev), progress=False)
+    model = build_backbone(backbone, dataset).to(dev)
+    inputs = ModalityInputs.from_dataset(dataset, dev)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        plain_epoch, sampler = _epoch_timer(dataset, model, inputs, "none", {}, config, dev, cache_dir)
+        epoch_seconds = _best_of(plain_epoch, repeats=epochs)
+        sampling_seconds = _best_of(lambda: [None for _ in sampler.epoch(config.batch_size)])
+        ckd_seconds = float("nan")
+        if ckd and len(dataset.modalities) > 1:
+            # teachers (1 epoch each, untimed) come from the cache during the timed epochs
+            ckd_epoch, _ = _epoch_timer(dataset, model, inputs, "ckd", {"teacher": {"max_epochs": 1}},
+                                        config, dev, cache_dir)
+            ckd_seconds = _best_of(ckd_epoch, repeats=epochs)
 
     users = dataset.eval_users("test")
     eval_seconds = _best_of(lambda: evaluate(model, inputs, dataset, "test"))
@@ -89,17 +110,19 @@ def measure_backbone(data: str, backbone: str, device: str, epochs: int) -> dict
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"backbone": backbone, "epoch_seconds": epoch_seconds, "sampling_seconds": sampling_seconds,
-            "eval_seconds": eval_seconds, "floor_seconds": floor_seconds, "eval_users": int(len(users)),
-            "peak_memory_mb": peak_mb, "parameters": sum(p.numel() for p in model.parameters())}
+    return {"backbone": backbone, "epoch_seconds": epoch_seconds, "ckd_epoch_seconds": ckd_seconds,
+            "sampling_seconds": sampling_seconds, "eval_seconds": eval_seconds, "floor_seconds": floor_seconds,
+            "eval_users": int(len(users)), "peak_memory_mb": peak_mb,
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def run_bench(data: str | None = None, backbones=DEFAULT_BACKBONES, device: str = "auto", epochs: int = 2) -> dict:
+def run_bench(data: str | None = None, backbones=DEFAULT_BACKBONES, device: str = "auto", epochs: int = 2,
+              threads: int | None = None, ckd: bool = True) -> dict:
     data = data or _default_data()
     rows = []
     for name in backbones:
         cmd = [sys.executable, "-m", "ckdlab.bench", "--one", name, "--data", data, "--device", device,
-               "--epochs", str(epochs)]
+               "--epochs", str(epochs)] + (["--threads", str(threads)] if threads else []) + ([] if ckd else ["--no-ckd"])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"benchmark of {name} failed:\n{out.stderr[-2000:]}")
@@ -109,10 +132,11 @@ def run_bench(data: str | None = None, backbones=DEFAULT_BACKBONES, device: str 
     for r in rows:
         r["eval_over_floor"] = r["eval_seconds"] / r["floor_seconds"]
         r["sampling_over_epoch"] = r["sampling_seconds"] / r["epoch_seconds"]
+        r["ckd_over_plain"] = r["ckd_epoch_seconds"] / r["epoch_seconds"]
         if vbpr:
             r["epoch_over_vbpr"] = r["epoch_seconds"] / vbpr["epoch_seconds"]
     return {"data": data, "device": device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"),
-            "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {threads or torch.get_num_threads()} torch threads",
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "rows": rows}
 
@@ -120,9 +144,10 @@ def run_bench(data: str | None = None, backbones=DEFAULT_BACKBONES, device: str 
 def format_table(report: dict) -> str:
     cols = [("backbone", "{:<10}"), ("epoch_seconds", "{:>9.3f}"), ("epoch_over_vbpr", "{:>9.2f}"),
             ("eval_seconds", "{:>9.3f}"), ("eval_over_floor", "{:>9.2f}"), ("sampling_over_epoch", "{:>9.3f}"),
-            ("peak_memory_mb", "{:>9.0f}")]
-    heads = ["backbone", "s/epoch", "x VBPR", "eval s", "eval/flr", "samp/ep", "peak MB"]
+            ("ckd_over_plain", "{:>9.2f}"), ("peak_memory_mb", "{:>9.0f}")]
+    heads = ["backbone", "s/epoch", "x VBPR", "eval s", "eval/flr", "samp/ep", "CKD x", "peak MB"]
     lines = [f"data: {report['data']}  device: {report['device']}  gpu: {report['gpu']}  torch {report['torch']}",
+             f"machine: {report['machine']}",
              f"{heads[0]:<10}" + "".join(f"{h:>9}" for h in heads[1:])]
     for r in report["rows"]:
         lines.append("".join(fmt.format(r.get(c, float("nan"))) for c, fmt in cols))
@@ -133,7 +158,7 @@ def main(args) -> int:
     from .backbones import available
 
     names = args.backbones.split(",") if args.backbones else [b for b in DEFAULT_BACKBONES if b in available()]
-    report = run_bench(args.data, names, args.device, args.epochs)
+    report = run_bench(args.data, names, args.device, args.epochs, args.threads, not args.no_ckd)
     print(format_table(report))
     if args.out:
         from .result import atomic_write_text
@@ -149,5 +174,9 @@ if __name__ == "__main__":
     p.add_argument("--data", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-ckd", action="store_true")
     a = p.parse_args()
-    print(json.dumps(measure_backbone(a.data, a.one, a.device, a.epochs)))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(json.dumps(measure_backbone(a.data, a.one, a.device, a.epochs, ckd=not a.no_ckd)))

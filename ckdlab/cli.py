@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backbones", default=None, help="comma-separated backbone names (default: all six)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--epochs", type=int, default=2, help="timed training epochs per backbone")
+    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--no-ckd", action="store_true", help="skip the CKD epoch timing")
     bench.add_argument("--out", default=None, help="write the measurements as JSON here")
     bench.set_defaults(func=cmd_bench)
     return parser

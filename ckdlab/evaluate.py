@@ -16,13 +16,25 @@ from .modality import ModalityInputs
 DEFAULT_KS = (10, 20, 50)
 
 
-def _rows_to_dense_mask(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
-    """Boolean (len(rows), n_cols) mask of the non-zeros of ``matrix[rows]``."""
-    sub = matrix[rows]
-    r = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
-    mask = torch.zeros(len(rows), matrix.shape[1], dtype=torch.bool, device=device)
-    mask[torch.as_tensor(r, device=device), torch.as_tensor(sub.indices, dtype=torch.long, device=device)] = True
-    return mask
+class _RowIndex:
+    """A CSR matrix's structure as torch tensors, for vectorised row gathers on any device."""
+
+    def __init__(self, matrix: sp.csr_matrix, device):
+        self.n_cols = matrix.shape[1]
+        self.indptr = torch.as_tensor(matrix.indptr, dtype=torch.long, device=device)
+        self.indices = torch.as_tensor(matrix.indices, dtype=torch.long, device=device)
+
+    def dense_mask(self, rows: torch.Tensor) -> torch.Tensor:
+        """Boolean (len(rows), n_cols) mask of the non-zeros of the given rows."""
+        starts = self.indptr[rows]
+        counts = self.indptr[rows + 1] - starts
+        total = int(counts.sum())
+        row_of = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        positions = torch.repeat_interleave(starts, counts) + torch.arange(total, device=rows.device) - first
+        mask = torch.zeros(len(rows), self.n_cols, dtype=torch.bool, device=rows.device)
+        mask[row_of, self.indices[positions]] = True
+        return mask
 
 
 def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks=DEFAULT_KS) -> dict[str, torch.Tensor]:
@@ -67,12 +79,14 @@ def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.nda
     sums: dict[str, float] = {}
     collected: dict[str, list] = {}
     device = user_reps.device
+    masked, relevant = _RowIndex(mask_matrix, device), _RowIndex(truth_matrix, device)
+    users_t = torch.as_tensor(users, dtype=torch.long, device=device)
     for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
-        scores = user_reps[torch.as_tensor(batch, device=device)] @ item_reps.T
-        scores.masked_fill_(_rows_to_dense_mask(mask_matrix, batch, device), float("-inf"))
+        batch = users_t[start:start + batch_size]
+        scores = user_reps[batch] @ item_reps.T
+        scores.masked_fill_(masked.dense_mask(batch), float("-inf"))
         top = torch.topk(scores, max_k, dim=1).indices
-        truth = _rows_to_dense_mask(truth_matrix, batch, device)
+        truth = relevant.dense_mask(batch)
         hits = truth.gather(1, top)
         values = metrics_from_hits(hits, truth.sum(1), ks)
         for name, v in values.items():

@@ -118,7 +118,7 @@ def knn_graph(features, k: int = 10, normalization: str = "sym", block_size: int
             w = inv[rows] * w
         else:
             raise ValueError(f"unknown normalization {normalization!r}; expected 'sym', 'rw' or 'none'")
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (n, n), check_invariants=False).coalesce()
 
 
 class _FixedSpmm(torch.autograd.Function):
@@ -164,10 +164,11 @@ class SparseMatrix(torch.nn.Module):
             self.register_buffer(prefix + "val", csr.values(), persistent=False)
 
     def csr(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, self.val, self.shape)
+        return torch.sparse_csr_tensor(self.crow, self.col, self.val, self.shape, check_invariants=False)
 
     def csr_t(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, self.t_val, self.shape[::-1])
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, self.t_val, self.shape[::-1],
+                                       check_invariants=False)
 
     def to_dense(self) -> torch.Tensor:
         return self.csr().to_dense()

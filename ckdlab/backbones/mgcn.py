@@ -36,7 +36,7 @@ def _user_item_block(train: np.ndarray, n_users: int, n_items: int) -> torch.Ten
     di = np.bincount(i, minlength=n_items).astype(np.float64)
     vals = (1.0 / np.sqrt(du[u] * di[i])).astype(np.float32)
     index = torch.as_tensor(np.stack([u, i]))
-    return torch.sparse_coo_tensor(index, torch.as_tensor(vals), (n_users, n_items)).coalesce()
+    return torch.sparse_coo_tensor(index, torch.as_tensor(vals), (n_users, n_items), check_invariants=False).coalesce()
 
 
 @register("MGCN")
@@ -119,7 +119,8 @@ class MGCN(Backbone):
         self.modalities = tuple(dataset.modalities)
         if not self.modalities:
             raise ValueError("MGCN needs at least one modality")
-        self.embedding_size, self.n_ui_layers, self.n_mm_layers = int(embedding_size), int(n_ui_layers), int(n_mm_layers)
+        self.embedding_size = int(embedding_size)
+        self.n_ui_layers, self.n_mm_layers = int(n_ui_layers), int(n_mm_layers)
         self.knn_k, self.cl_weight, self.cl_temperature = int(knn_k), float(cl_weight), float(cl_temperature)
         d = self.embedding_size
 
