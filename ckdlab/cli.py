@@ -61,6 +61,12 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def cmd_report(args) -> int:
+    from .report import cmd_report as run_report
+
+    return run_report(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckdlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary = data_sub.add_parser("summary", help="validate a dataset and print its summary")
     summary.add_argument("path", help="dataset folder or 'synthetic'")
     summary.set_defaults(func=cmd_data_summary)
+
+    from .report import add_arguments as report_arguments
+
+    report = sub.add_parser("report", help="execute every notebook per dataset into reports/<dataset>/ (papermill + HTML)")
+    report_arguments(report)
+    report.set_defaults(func=cmd_report)
 
     bench = sub.add_parser("bench", help="measure training/evaluation speed and memory")
     bench.add_argument("--data", default=None, help="dataset (default: ../shared/data/tiktok if present, else synthetic)")

@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import json
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -93,10 +92,14 @@ def setup(threads: int | None = 1, plot_style: bool = True) -> None:
     outputs rely on it) and does not oversubscribe a shared machine. ``None``
     leaves torch's default.
     """
+    import warnings
+
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
+    # tqdm.auto without ipywidgets falls back to text bars (fine) but warns on every import
+    warnings.filterwarnings("ignore", message="IProgress not found")
     if plot_style:
         from .plots import use_paper_style
 
@@ -334,13 +337,11 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
     rows, results = [], []
     bar = _progress(items, len(items), progress, desc=f"runs on {data.name}")
     for label, config in bar:
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{config.backbone}/{config.method}{'/' + label if label else ''} seed {config.seed}")
+        bar.set_postfix_str(f"{config.backbone}/{config.method}{'/' + label if label else ''} seed {config.seed}")
         result = run(config, data, cache_dir=cache_dir, use_cache=use_cache)
         rows.append(result_row(result, key=result_key(config, data), variant=label))
         results.append(result)
-    if hasattr(bar, "close"):
-        bar.close()
+    bar.close()
     frame = pd.DataFrame(rows)
     return (frame, results) if return_results else frame
 
@@ -393,8 +394,3 @@ def pilot(backbone: str = "VBPR", dataset="synthetic", seed: int = 0, max_epochs
     configs = [("multimodal", multimodal)] + [(m, c) for m, c in unimodal.items()]
     _, results = grid(configs, data, cache_dir, progress, use_cache=use_cache, return_results=True)
     return results[0], dict(zip(unimodal, results[1:]))
-
-
-def elapsed(start: float) -> str:
-    """``"12.3 s"`` since ``start`` (``time.perf_counter()``)."""
-    return f"{time.perf_counter() - start:.1f} s"

@@ -57,6 +57,7 @@ _REAL_DATA = {
     "teacher_epochs": 100,
     "device": "auto",
     "threads": None,
+    "train_params": {},  # TrainConfig defaults (lr 1e-3, reg_weight 1e-4, batch 2048, patience 10)
     # per-notebook overrides: the paper's ablation (Table 3) covers VBPR, MMGCN and EgoGCN
     "notebooks": {"ablation": {"backbones": ["VBPR", "MMGCN", "EgoGCN"]}},
 }
@@ -161,8 +162,14 @@ def render_html(ipynb: Path) -> Path:
     nb = nbformat.read(str(ipynb), as_version=4)
     body, _ = HTMLExporter().from_notebook_node(nb)
     target = ipynb.with_suffix(".html")
-    atomic_write_text(target, body)
+    _write_public(target, body)
     return target
+
+
+def _write_public(path: Path, text: str) -> None:
+    """Atomic write, readable by everyone (reports are meant to be served or shared)."""
+    atomic_write_text(path, text)
+    Path(path).chmod(0o644)
 
 
 def _figures(folder: Path) -> list[str]:
@@ -204,7 +211,7 @@ def build_index(root: str | Path = "reports") -> Path:
             "notebook executed per dataset. Numbers are what these runs measured.</p>\n"
             f"{body}\n</body></html>\n")
     target = root / "index.html"
-    atomic_write_text(target, page)
+    _write_public(target, page)
     return target
 
 
@@ -235,7 +242,7 @@ def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "repo
                 rec["html"] = render_html(folder / rec["ipynb"]).name
             manifest["notebooks"].append(rec)
             log(f"[{label}] {name}: {'ok' if rec['ok'] else rec['error']} ({rec['seconds']} s)")
-            atomic_write_text(folder / "report.json", json.dumps(manifest, indent=1, default=str))
+            _write_public(folder / "report.json", json.dumps(manifest, indent=1, default=str))
             if not rec["ok"] and stop_on_error:
                 build_index(out)
                 manifests.append(manifest)

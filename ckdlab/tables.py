@@ -133,8 +133,8 @@ def paired_ttest(treatment: Sequence[float], baseline: Sequence[float]) -> tuple
     """``(t, p, note)`` of ``scipy.stats.ttest_rel(treatment, baseline)`` (two-sided).
 
     Fewer than two pairs: ``(nan, nan, "n=1 paired seed: no t-test")``. All
-    differences equal: t is undefined (0/0) when they are zero and infinite
-    otherwise; the note says so.
+    differences equal (to 1e-12): t is undefined (0/0) when they are zero and
+    infinite (or a rounding artefact) otherwise; the note says so.
     """
     from scipy import stats
 
@@ -144,9 +144,9 @@ def paired_ttest(treatment: Sequence[float], baseline: Sequence[float]) -> tuple
         return float("nan"), float("nan"), f"n={n} paired seed{'s' if n != 1 else ''}: no t-test (needs >= 2)"
     diff = a - b
     note = ""
-    if np.allclose(diff, diff[0], rtol=0, atol=0):
-        note = ("identical results: no test" if diff[0] == 0 else
-                "constant difference over seeds: t infinite")
+    if np.allclose(diff, diff[0], rtol=0, atol=1e-12):
+        note = ("identical results: no test" if abs(diff[0]) <= 1e-12 else
+                "constant difference over seeds: t infinite or meaningless")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.ttest_rel(a, b)

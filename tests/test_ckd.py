@@ -147,3 +147,20 @@ def test_bad_options_are_rejected():
         build_method("ckd", specific="cosine")
     with pytest.raises(ValueError, match="reweight"):
         build_method("ckd", reweight="magic")
+
+
+def test_two_modalities_need_three_forwards_per_step(small, tmp_path):
+    """Full model + one channel per modality; "m ablated" reuses the other modality's channel."""
+    config = cfg(method_params={"teacher": {"max_epochs": 1}})
+    model, inputs, method = setup_ckd(small, config, tmp_path)
+    seen = []
+    original = model.forward
+
+    def counting_forward(inp):
+        seen.append(inp.ablated)
+        return original(inp)
+
+    model.forward = counting_forward
+    batch = Batch(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
+    method.batch_loss(model, inputs, batch)
+    assert sorted(map(sorted, seen)) == [[], ["image"], ["text"]]
