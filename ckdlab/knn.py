@@ -1,5 +1,7 @@
-"""Item-item k-nearest-neighbour graphs from item features, built block-wise,
-and :class:`SparseMatrix`, the constant sparse operator graph backbones propagate with.
+"""Item-item k-nearest-neighbour graphs from item features, built block-wise.
+
+The graphs are returned as sparse COO tensors; backbones propagate with them
+through :class:`ckdlab.graph.SparseMatrix`.
 
 Used by MGCN (Yu et al., "Multi-View Graph Convolutional Network for Multimedia
 Recommendation", ACM MM 2023), which follows LATTICE/FREEDOM: each item keeps
@@ -119,61 +121,3 @@ def knn_graph(features, k: int = 10, normalization: str = "sym", block_size: int
         else:
             raise ValueError(f"unknown normalization {normalization!r}; expected 'sym', 'rw' or 'none'")
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (n, n), check_invariants=False).coalesce()
-
-
-class _FixedSpmm(torch.autograd.Function):
-    """``A @ x`` for a constant sparse ``A``; the backward uses the cached ``A^T``."""
-
-    @staticmethod
-    def forward(ctx, x, op):
-        ctx.op = op
-        return op.csr() @ x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        return ctx.op.csr_t() @ grad.contiguous(), None
-
-
-class SparseMatrix(torch.nn.Module):
-    """A constant sparse matrix (a normalised graph) used as a linear operator.
-
-    Stores CSR indices of the matrix and of its transpose as buffers (so the
-    operator follows the module on ``.to(device)``, deep-copies and pickles
-    like dense tensors, and stays out of ``state_dict``). ``op(x)`` computes
-    ``A @ x`` with autograd to ``x``: the backward is ``A^T @ grad`` with the
-    precomputed transpose, much faster than ``torch.sparse.mm`` on a COO tensor,
-    which transposes on every backward.
-
-    Parameters
-    ----------
-    matrix : torch.Tensor
-        Sparse COO or CSR ``(n_rows, n_cols)`` matrix (e.g. from :func:`knn_graph`
-        or :func:`ckdlab.graph.normalized_adjacency`).
-    """
-
-    def __init__(self, matrix: torch.Tensor):
-        super().__init__()
-        coo = (matrix.to_sparse_coo() if matrix.layout != torch.sparse_coo else matrix).coalesce().cpu()
-        coo = coo.to(torch.float32)
-        self.shape = tuple(coo.shape)
-        for prefix, m in (("", coo), ("t_", coo.t().coalesce())):
-            csr = m.to_sparse_csr()
-            self.register_buffer(prefix + "crow", csr.crow_indices(), persistent=False)
-            self.register_buffer(prefix + "col", csr.col_indices(), persistent=False)
-            self.register_buffer(prefix + "val", csr.values(), persistent=False)
-
-    def csr(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, self.val, self.shape, check_invariants=False)
-
-    def csr_t(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, self.t_val, self.shape[::-1],
-                                       check_invariants=False)
-
-    def to_dense(self) -> torch.Tensor:
-        return self.csr().to_dense()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.val.dtype:
-            raise TypeError(f"SparseMatrix is {self.val.dtype}; got x of {x.dtype}")
-        return _FixedSpmm.apply(x.contiguous(), self)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from ckdlab.backbones import egogcn, mgcn  # noqa: F401  (registers the backbones)
 from ckdlab.backbones.base import build_backbone
-from ckdlab.graph import bipartite_edges
-from ckdlab.knn import SparseMatrix, knn_graph, topk_cosine
+from ckdlab.graph import segment_softmax
+from ckdlab.knn import knn_graph, topk_cosine
 from ckdlab.modality import ModalityInputs
 
 from conftest import make_tiny_dataset
@@ -207,42 +207,42 @@ def test_mgcn_auxiliary_loss_needs_its_own_forward(tiny_dataset):
     assert zero.auxiliary_loss(u0, i0, users, pos, neg).item() == 0.0
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_embedding_dim_is_the_size_parameter(name, tiny_dataset):
+    model = _build(name, tiny_dataset, embedding_dim=16)
+    assert model.embedding_dim == 16
+    u, i = model(_inputs(tiny_dataset))
+    parts = 1 + len(tiny_dataset.modalities) if name == "EgoGCN" else 1
+    assert u.shape[1] == i.shape[1] == 16 * parts
+    with pytest.raises(TypeError, match="embedding_size"):
+        _build(name, tiny_dataset, embedding_size=16)
+
+
+def _info_nce_reference(view1, view2, t):
+    v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+    logits = v1 @ v2.T / t
+    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def test_mgcn_info_nce_with_repeated_rows_equals_gathered_batch():
+    g = torch.Generator().manual_seed(0)
+    side = torch.randn(40, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    content = torch.randn(40, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 40, (70,), generator=g)  # repeats, as in a BPR batch
+    ref = _info_nce_reference(side[index], content[index], 0.2)
+    fast = mgcn.info_nce(side, content, 0.2, index)
+    torch.testing.assert_close(fast, ref)
+    torch.testing.assert_close(mgcn.info_nce(side[index], content[index], 0.2), ref)
+    torch.testing.assert_close(torch.autograd.grad(fast, (side, content)), torch.autograd.grad(ref, (side, content)))
+    assert torch.autograd.gradcheck(lambda a, b: mgcn.info_nce(a, b, 0.3, index[:25]), (side, content))
+
+
 def test_egogcn_layers_have_their_own_parameters(tiny_dataset):
     model = _build("EgoGCN", tiny_dataset, n_layers=3)
     ids = [{id(p) for p in layer.parameters()} for layer in model.layers]
     assert len(ids) == 3 and all(ids)
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     assert model(_inputs(tiny_dataset))[0].shape[1] == 64 * 3
-
-
-def _edges(dataset):
-    src, dst = bipartite_edges(dataset.train, dataset.n_users)
-    return egogcn.EdgeList(src, dst, dataset.n_users + dataset.n_items)
-
-
-def test_edge_ops_match_gather_scatter_reference(tiny_dataset):
-    edges = _edges(tiny_dataset)
-    n, e = edges.n_nodes, edges.n_edges
-    g = torch.Generator().manual_seed(0)
-    a, b, x = (torch.randn(n, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    w = torch.rand(e, generator=g, dtype=torch.float64, requires_grad=True)
-    # forward against plain gathers / index_add
-    ref_dot = (a[edges.dst] * b[edges.src]).sum(-1)
-    ref_agg = torch.zeros(n, 5, dtype=torch.float64).index_add(0, edges.dst, w[:, None] * x[edges.src])
-    torch.testing.assert_close(egogcn.edge_dot(a, b, edges), ref_dot)
-    torch.testing.assert_close(egogcn.edge_spmm(w, x, edges), ref_agg)
-    # hand-written backward against autograd of the reference
-    go = torch.randn(e, generator=g, dtype=torch.float64)
-    ga = torch.autograd.grad((egogcn.edge_dot(a, b, edges) * go).sum(), (a, b))
-    torch.testing.assert_close(ga, torch.autograd.grad((ref_dot * go).sum(), (a, b)))
-    go = torch.randn(n, 5, generator=g, dtype=torch.float64)
-    gs = torch.autograd.grad((egogcn.edge_spmm(w, x, edges) * go).sum(), (w, x))
-    torch.testing.assert_close(gs, torch.autograd.grad((ref_agg * go).sum(), (w, x)))
-    # symmetric normalisation equals the shared graph helper
-    dense = torch.zeros(n, n).index_put_((edges.dst, edges.src), edges.sym_norm())
-    from ckdlab.graph import normalized_adjacency
-    torch.testing.assert_close(dense, normalized_adjacency(tiny_dataset.train, tiny_dataset.n_users,
-                                                           tiny_dataset.n_items, "sym").to_dense())
 
 
 def _naive_modulation(layer, h, edges):
@@ -257,7 +257,7 @@ def _naive_modulation(layer, h, edges):
         cand = torch.stack(cands, dim=1)
         beta = torch.softmax((cand * recv[:, None, :]).sum(-1), dim=1)
         msg = (beta[:, :, None] * cand).sum(1)
-        alpha = egogcn.edge_softmax((recv * msg).sum(-1), edges.dst, edges.n_nodes)
+        alpha = segment_softmax((recv * msg).sum(-1), edges.dst, edges.n_dst)
         agg = torch.zeros_like(h[m]).index_add(0, edges.dst, alpha[:, None] * msg)
         out[m] = F.normalize(h[m] + agg, dim=1)
     return out
@@ -277,31 +277,6 @@ def test_edge_modulation_layer_equals_edgewise_definition():
     g_naive = torch.autograd.grad(sum((v * v.detach().roll(1, 0)).sum() for v in naive.values()), params)
     for a, b in zip(g_fast, g_naive):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_sparse_matrix_operator_matches_dense():
-    g = torch.Generator().manual_seed(0)
-    dense = torch.rand(7, 5, generator=g) * (torch.rand(7, 5, generator=g) > 0.5)
-    op = SparseMatrix(dense.to_sparse())
-    x = torch.randn(5, 3, generator=g, requires_grad=True)
-    torch.testing.assert_close(op.to_dense(), dense)
-    y = op(x)
-    torch.testing.assert_close(y, dense @ x)
-    go = torch.randn(7, 3, generator=g)
-    torch.testing.assert_close(torch.autograd.grad((y * go).sum(), x)[0], dense.T @ go)
-    clone = copy.deepcopy(op)
-    torch.testing.assert_close(clone(x), y)
-
-
-def test_edge_softmax_matches_dense():
-    g = torch.Generator().manual_seed(0)
-    index = torch.randint(0, 6, (40,), generator=g)
-    logits = torch.randn(40, generator=g) * 5
-    out = egogcn.edge_softmax(logits, index, 8)
-    for k in range(6):
-        sel = index == k
-        if sel.any():
-            torch.testing.assert_close(out[sel], torch.softmax(logits[sel], dim=0))
 
 
 # -- kNN builder ---------------------------------------------------------------------

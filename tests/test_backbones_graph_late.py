@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ckdlab.backbones import build_backbone, grcn, mmgcn  # noqa: F401  (registration)
-from ckdlab.backbones._layers import EdgeSet, sorted_edges
+from ckdlab.backbones._layers import l2_normalize
 from ckdlab.backbones.base import Backbone
 from ckdlab.modality import ModalityInputs
 
@@ -181,35 +181,31 @@ def test_graph_is_sparse_and_moves_with_module(name, tiny_dataset):
     assert all(b.device.type == "cpu" for b in model.buffers())
 
 
-def _random_edges(n_dst, n_src, n_edges, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    key = torch.unique(torch.randint(n_dst, (n_edges,), generator=g) * n_src
-                       + torch.randint(n_src, (n_edges,), generator=g))
-    return key // n_src, key % n_src
+@pytest.mark.parametrize("name", NAMES)
+def test_embedding_dim_is_the_size_parameter(name, tiny_dataset):
+    model = _build(name, tiny_dataset, embedding_dim=16)
+    u, i = model(ModalityInputs.from_dataset(tiny_dataset))
+    assert model.embedding_dim == 16 and model.id_embedding.shape[1] == 16
+    assert u.shape[1] == i.shape[1]
 
 
-def test_edge_aggregate_matches_index_add_and_gradcheck():
-    dst, src = _random_edges(7, 9, 40)
-    edges = EdgeSet(dst, src, 7, 9).double()
-    w = torch.rand(len(dst), dtype=torch.float64, requires_grad=True)
-    x = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
-    ref = torch.zeros(7, 3, dtype=torch.float64).index_add(0, dst, w[:, None] * x[src])
-    assert torch.allclose(edges.aggregate(w, x), ref)
-    assert torch.autograd.gradcheck(edges.aggregate, (w, x))
-    # softmax and row sums per receiver
-    att = edges.softmax(torch.randn(len(dst), dtype=torch.float64))
-    assert torch.allclose(edges.row_sum(att)[torch.unique(dst)], torch.ones(len(torch.unique(dst)), dtype=torch.float64))
-    with pytest.raises(ValueError, match="sorted"):
-        EdgeSet(dst.flip(0), src.flip(0), 7, 9)
-
-
-def test_sorted_edges_are_both_directions_once(tiny_dataset):
-    dst, src = sorted_edges(tiny_dataset.train, tiny_dataset.n_users, tiny_dataset.n_items)
-    n = tiny_dataset.n_users + tiny_dataset.n_items
-    pairs = set(zip(dst.tolist(), src.tolist()))
-    assert len(pairs) == len(dst) == 2 * len(tiny_dataset.train)
-    assert all((s, d) in pairs for d, s in pairs)
-    assert bool(((dst * n + src).diff() > 0).all())
+def test_l2_normalize_equals_f_normalize():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    x[3] = 0.0  # an all-zero row: F.normalize keeps it at zero
+    x[4] *= 1e-14  # a row below eps: divided by eps
+    x.requires_grad_()
+    go = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    ref, fast = F.normalize(x, dim=1), l2_normalize(x)
+    torch.testing.assert_close(fast, ref)
+    torch.testing.assert_close(torch.autograd.grad((fast * go).sum(), x)[0],
+                               torch.autograd.grad((ref * go).sum(), x)[0])
+    y = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(l2_normalize, (y,))
+    # an expanded (stride-0) input, as an ablated preference
+    row = torch.randn(1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(torch.autograd.grad(l2_normalize(row.expand(5, 4)).pow(3).sum(), row)[0],
+                               torch.autograd.grad(F.normalize(row.expand(5, 4), dim=1).pow(3).sum(), row)[0])
 
 
 def test_grcn_edge_weights_are_pruned_and_row_normalised(tiny_dataset):

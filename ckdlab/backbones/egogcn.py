@@ -8,140 +8,14 @@ Released code: github.com/feiyuchen7/EgoGCN (``Model_routing_*.py``, ``GATConv_p
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import bipartite_edges
+from ..graph import EdgeList, joint_graph
 from ..modality import ModalityInputs
+from ._layers import l2_normalize
 from .base import Backbone, register
-
-
-def edge_softmax(logits: torch.Tensor, index: torch.Tensor, n_nodes: int) -> torch.Tensor:
-    """Softmax of per-edge ``logits`` over the edges that share the same ``index`` (receiver).
-
-    Vectorised over the edge list (``scatter_reduce`` / ``index_add``); the
-    per-group maximum is subtracted for stability (and detached, which leaves
-    the value and the gradient of the softmax unchanged).
-    """
-    mx = torch.full((n_nodes,), float("-inf"), dtype=logits.dtype, device=logits.device)
-    mx = mx.scatter_reduce(0, index, logits.detach(), reduce="amax", include_self=True)
-    e = (logits - mx.index_select(0, index)).exp()
-    denom = torch.zeros(n_nodes, dtype=logits.dtype, device=logits.device).index_add_(0, index, e)
-    return e / denom.index_select(0, index)
-
-
-class EdgeList(nn.Module):
-    """Directed edges ``src -> dst`` over ``n_nodes`` nodes, with CSR indices for fast edge ops.
-
-    Edges are sorted by ``(dst, src)`` so that per-edge values are directly the
-    values of a CSR matrix ``A[dst, src]``; ``perm_t`` reorders them for ``A^T``.
-    Everything is a (non-persistent) buffer and follows the module's device.
-    """
-
-    def __init__(self, src: np.ndarray, dst: np.ndarray, n_nodes: int):
-        super().__init__()
-        src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
-        order = np.lexsort((src, dst))
-        src, dst = src[order], dst[order]
-        perm_t = np.lexsort((dst, src))
-        self.n_nodes = int(n_nodes)
-        as_t = torch.as_tensor
-        self.register_buffer("src", as_t(src), persistent=False)
-        self.register_buffer("dst", as_t(dst), persistent=False)
-        self.register_buffer("crow", as_t(np.concatenate([[0], np.cumsum(np.bincount(dst, minlength=n_nodes))])),
-                             persistent=False)
-        self.register_buffer("perm_t", as_t(perm_t), persistent=False)
-        self.register_buffer("crow_t", as_t(np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n_nodes))])),
-                             persistent=False)
-        self.register_buffer("col_t", as_t(dst[perm_t]), persistent=False)
-        self.register_buffer("zeros", torch.zeros(len(src)), persistent=False)
-
-    @property
-    def n_edges(self) -> int:
-        return int(self.src.shape[0])
-
-    def matrix(self, values: torch.Tensor) -> torch.Tensor:
-        """CSR ``A`` with ``A[dst_e, src_e] = values_e``."""
-        n = self.n_nodes
-        return torch.sparse_csr_tensor(self.crow, self.src, values, (n, n), check_invariants=False)
-
-    def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
-        """CSR ``A^T`` of :meth:`matrix`."""
-        n = self.n_nodes
-        return torch.sparse_csr_tensor(self.crow_t, self.col_t, values.index_select(0, self.perm_t), (n, n),
-                                       check_invariants=False)
-
-    def sddmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``out_e = <a[dst_e], b[src_e]>`` for every edge (no gradient; used inside the autograd ops).
-
-        ``torch.sparse.sampled_addmm`` on the CSR pattern (several times faster on
-        CPU than gathering two ``(n_edges, D)`` tensors); gather fallback where
-        a build lacks it.
-        """
-        if a.dtype == self.zeros.dtype:
-            try:
-                pattern = self.matrix(self.zeros)
-                return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
-            except (RuntimeError, NotImplementedError):
-                pass
-        return (a.index_select(0, self.dst) * b.index_select(0, self.src)).sum(dim=-1)
-
-    def sym_norm(self) -> torch.Tensor:
-        """Per-edge ``1 / sqrt(deg(dst) deg(src))`` (LightGCN normalisation), degree = incoming edges."""
-        deg = (self.crow[1:] - self.crow[:-1]).to(torch.float32)
-        inv = torch.where(deg > 0, deg.clamp_min(1).rsqrt(), torch.zeros_like(deg))
-        return inv.index_select(0, self.dst) * inv.index_select(0, self.src)
-
-
-class _EdgeDot(torch.autograd.Function):
-    """``out_e = <a[dst_e], b[src_e]>`` (SDDMM); backward by two sparse products."""
-
-    @staticmethod
-    def forward(ctx, a, b, edges):
-        ctx.save_for_backward(a, b)
-        ctx.edges = edges
-        return edges.sddmm(a, b)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        e = ctx.edges
-        ga = e.matrix(grad) @ b if ctx.needs_input_grad[0] else None
-        gb = e.matrix_t(grad) @ a if ctx.needs_input_grad[1] else None
-        return ga, gb, None
-
-
-class _EdgeSpmm(torch.autograd.Function):
-    """``out_i = sum_{e: dst_e = i} w_e x[src_e]`` (SpMM with per-edge weights)."""
-
-    @staticmethod
-    def forward(ctx, w, x, edges):
-        ctx.save_for_backward(w, x)
-        ctx.edges = edges
-        return edges.matrix(w) @ x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        w, x = ctx.saved_tensors
-        e = ctx.edges
-        grad = grad.contiguous()
-        gw = e.sddmm(grad, x) if ctx.needs_input_grad[0] else None
-        gx = e.matrix_t(w) @ grad if ctx.needs_input_grad[1] else None
-        return gw, gx, None
-
-
-def edge_dot(a: torch.Tensor, b: torch.Tensor, edges: EdgeList) -> torch.Tensor:
-    """Per-edge inner product ``<a[dst_e], b[src_e]>``, shape ``(n_edges,)``."""
-    return _EdgeDot.apply(a.contiguous(), b.contiguous(), edges)
-
-
-def edge_spmm(weights: torch.Tensor, x: torch.Tensor, edges: EdgeList) -> torch.Tensor:
-    """Weighted neighbour sum ``out_i = sum_{e: j -> i} w_e x_j``, shape ``(n_nodes, D)``."""
-    return _EdgeSpmm.apply(weights.contiguous(), x.contiguous(), edges)
 
 
 def _gate_key(receiver: str, sender: str) -> str:
@@ -171,9 +45,10 @@ class EdgeModulationLayer(nn.Module):
 
     Nothing of size ``(n_edges, M, D)`` is materialised: since
     ``<h^m_i, mu^m_ij> = sum_m' beta_m' <h^m_i, c^{m,m'}_j>``, the per-edge inner
-    products are SDDMMs on the graph's CSR pattern (:func:`edge_dot`) and the
+    products are SDDMMs on the graph's CSR pattern (:meth:`EdgeList.dot`) and the
     aggregation is ``sum_m' A(alpha * beta_m') c^{m,m'}``, sparse products with
-    per-edge weights (:func:`edge_spmm`); both have hand-written backwards.
+    per-edge weights (:meth:`EdgeList.spmm`); both have hand-written backwards
+    (:mod:`ckdlab.graph`).
     """
 
     def __init__(self, modalities: tuple[str, ...], dim: int):
@@ -194,19 +69,19 @@ class EdgeModulationLayer(nn.Module):
             # candidate messages, computed per sender node (edge-independent)
             cands = [h[m2] if m2 == m else torch.sigmoid(self.gates[_gate_key(m, m2)](h[m2])) * h[m2]
                      for m2 in self.modalities]
-            logits = [edge_dot(h[m], c, edges) for c in cands]  # <h^m_i, c^{m,m'}_j> per edge
+            logits = [edges.dot(h[m], c) for c in cands]  # <h^m_i, c^{m,m'}_j> per edge
             if len(cands) == 1:
                 betas = [None]
                 score = logits[0]
             else:
-                lg = torch.stack(logits, dim=1)  # (E, M)
-                beta = torch.softmax(lg, dim=1)
-                betas = beta.unbind(dim=1)
-                score = (beta * lg).sum(dim=1)  # = <h^m_i, mu^m_ij>
-            alpha = edge_softmax(score, edges.dst, edges.n_nodes)
+                lg = torch.stack(logits, dim=0)  # (M, E): softmax over the leading axis (fast for small M)
+                beta = torch.softmax(lg, dim=0)
+                betas = beta.unbind(dim=0)
+                score = (beta * lg).sum(dim=0)  # = <h^m_i, mu^m_ij>
+            alpha = edges.softmax(score)
             # sum_j alpha_ij mu_ij = sum_m' A(alpha * beta_m') @ c^{m,m'}
-            agg = sum(edge_spmm(alpha if b is None else alpha * b, c, edges) for b, c in zip(betas, cands))
-            out[m] = F.normalize(h[m] + agg, dim=1)
+            agg = sum(edges.spmm(alpha if b is None else alpha * b, c) for b, c in zip(betas, cands))
+            out[m] = l2_normalize(h[m] + agg)
         return out
 
 
@@ -238,7 +113,7 @@ class EgoGCN(Backbone):
     ----------
     dataset : ckdlab.data.Dataset
         Sizes, feature dimensions and the training graph (features are not kept).
-    embedding_size : int
+    embedding_dim : int
         ``D``, the size of the ID part and of each modality part (default 64).
     n_layers : int
         Edge-modulation layers of the modality branches and propagation layers
@@ -267,7 +142,7 @@ class EgoGCN(Backbone):
       not the released mean squared ego embeddings.
     """
 
-    def __init__(self, dataset, embedding_size: int = 64, n_layers: int = 2, negative_slope: float = 0.01):
+    def __init__(self, dataset, embedding_dim: int = 64, n_layers: int = 2, negative_slope: float = 0.01):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"EgoGCN needs n_layers >= 1, got {n_layers}")
@@ -275,9 +150,9 @@ class EgoGCN(Backbone):
         self.modalities = tuple(dataset.modalities)
         if not self.modalities:
             raise ValueError("EgoGCN needs at least one modality")
-        self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
+        self.embedding_dim, self.n_layers = int(embedding_dim), int(n_layers)
         self.negative_slope = float(negative_slope)
-        n, d = self.n_users + self.n_items, self.embedding_size
+        n, d = self.n_users + self.n_items, self.embedding_dim
 
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n, d)))
         self.preference = nn.ParameterDict({
@@ -286,9 +161,10 @@ class EgoGCN(Backbone):
         self.projection = nn.ModuleDict({m: nn.Linear(int(f.shape[1]), d) for m, f in dataset.features.items()})
         self.layers = nn.ModuleList([EdgeModulationLayer(self.modalities, d) for _ in range(self.n_layers)])
 
-        src, dst = bipartite_edges(np.asarray(dataset.train, dtype=np.int64), self.n_users)
-        self.edges = EdgeList(src, dst, n)
-        self.register_buffer("adj_values", self.edges.sym_norm(), persistent=False)
+        #: the user-item training graph, both directions (the modality branches' attention)
+        self.edges = joint_graph(dataset.train, self.n_users, self.n_items)
+        #: its ``D^-1/2 A D^-1/2`` as a constant operator (the ID branch)
+        self.adj = self.edges.operator(self.edges.normalization("sym"))
 
     # -- parts ---------------------------------------------------------------
     def id_part(self) -> torch.Tensor:
@@ -296,7 +172,7 @@ class EgoGCN(Backbone):
         x = self.id_embedding
         acc = x
         for _ in range(self.n_layers):
-            x = edge_spmm(self.adj_values, x, self.edges)
+            x = self.adj(x)
             acc = acc + x
         return acc / (self.n_layers + 1)
 
@@ -304,8 +180,8 @@ class EgoGCN(Backbone):
         """Layer-0 node states per modality: ``[user preference ; projected item feature]``."""
         h = {}
         for m in self.modalities:
-            pref = self.mean_user_preference(F.normalize(self.preference[m], dim=1), inputs, m)
-            feat = F.normalize(F.leaky_relu(self.projection[m](inputs[m]), self.negative_slope), dim=1)
+            pref = self.mean_user_preference(l2_normalize(self.preference[m]), inputs, m)
+            feat = l2_normalize(F.leaky_relu(self.projection[m](inputs[m]), self.negative_slope))
             h[m] = torch.cat([pref, feat], dim=0)
         return h
 

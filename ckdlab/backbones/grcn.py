@@ -3,11 +3,11 @@ Recommendation with Implicit Feedback", ACM MM 2020)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..graph import joint_graph, user_item_graph
 from ..modality import ModalityInputs
-from ._layers import EdgeSet, embedding_l2, sorted_edges
+from ._layers import embedding_l2, l2_normalize
 from .base import Backbone, register
 
 WEIGHT_MODES = ("max", "mean")
@@ -90,6 +90,10 @@ class GRCN(Backbone):
     least one training item) and the m-edge scores no longer depend on any
     user's or item's m-content (only on the confidences ``k^m``).
 
+    Implementation: the routing attention and the edge scores are per-edge
+    inner products (SDDMMs) and every aggregation a CSR product with per-edge
+    weights (:class:`ckdlab.graph.EdgeList`); no ``(edges x D)`` tensor is built.
+
     Regularisation: half the squared norm of the batch's rows of the ID
     embeddings and of the user preferences (the released code's
     ``reg_embedding_loss``), not of the final representations.
@@ -129,45 +133,45 @@ class GRCN(Backbone):
             nn.init.zeros_(lin.bias)
         self.confidence = nn.ParameterDict({m: nn.Parameter(torch.ones(self.n_nodes)) for m in self.modalities})
 
-        dst, src = sorted_edges(dataset.train, self.n_users, self.n_items)
         #: every training edge in both directions over users + items (ID propagation, edge scores)
-        self.graph = EdgeSet(dst, src, self.n_nodes, self.n_nodes)
-        user_side = dst < self.n_users  # edges user <- item: the first block (sorted by dst)
+        self.graph = joint_graph(dataset.train, self.n_users, self.n_items)
         #: user <- item edges (routing), items numbered from 0
-        self.user_item = EdgeSet(dst[user_side], src[user_side] - self.n_users, self.n_users, self.n_items)
+        self.user_item = user_item_graph(dataset.train, self.n_users, self.n_items)
         # for each edge of ``graph``, the position of the same (user, item) pair in ``user_item``:
         # the cosine is symmetric, so it is computed once per pair and read in both directions
-        ui_key = self.user_item.dst * self.n_items + self.user_item.src
-        user = torch.where(user_side, dst, src)
-        item = torch.where(user_side, src, dst) - self.n_users
+        g, ui = self.graph, self.user_item
+        ui_key = ui.dst * self.n_items + ui.src
+        user_side = g.dst < self.n_users
+        user = torch.where(user_side, g.dst, g.src)
+        item = torch.where(user_side, g.src, g.dst) - self.n_users
         self.register_buffer("pair_of_edge", torch.searchsorted(ui_key, user * self.n_items + item),
                              persistent=False)
 
     # ------------------------------------------------------------------ pieces
     def _content(self, inputs: ModalityInputs, m: str) -> torch.Tensor:
-        return F.normalize(torch.tanh(self.projection[m](inputs[m])), dim=1)
+        return l2_normalize(torch.tanh(self.projection[m](inputs[m])))
 
     def _route(self, preference: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-        p = F.normalize(preference, dim=1)
+        p = l2_normalize(preference)
         g = self.user_item
         for _ in range(self.routing_rounds):
-            att = g.softmax((p[g.dst] * content[g.src]).sum(dim=1))
-            p = F.normalize(p + g.aggregate(att, content), dim=1)
+            att = g.softmax(g.dot(p, content))  # SDDMM: <p_u, c_i> on the user <- item edges
+            p = l2_normalize(p + g.spmm(att, content))
         return p
 
     def _edge_weights(self, prefs: list[torch.Tensor], contents: list[torch.Tensor]) -> torch.Tensor:
         g, ui, scores = self.graph, self.user_item, []
         for m, pref, content in zip(self.modalities, prefs, contents):
-            cos = (pref[ui.dst] * content[ui.src]).sum(dim=1)  # unit vectors: cosine, one per (user, item)
-            scores.append(cos[self.pair_of_edge] * self.confidence[m][g.src])
-        stacked = torch.stack(scores, dim=1)
-        w = stacked.max(dim=1).values if self.weight_mode == "max" else stacked.mean(dim=1)
+            cos = ui.dot(pref, content)  # unit vectors: cosine, one per (user, item)
+            scores.append(cos.index_select(0, self.pair_of_edge) * self.confidence[m].index_select(0, g.src))
+        stacked = torch.stack(scores, dim=0)  # (M, E): reduce over the leading axis (fast for small M)
+        w = stacked.max(dim=0).values if self.weight_mode == "max" else stacked.mean(dim=0)
         w = torch.relu(w)
         if self.training and self.edge_dropout > 0:
             keep = torch.rand(w.shape, device=w.device) >= self.edge_dropout
             w = w * keep
         if self.edge_norm == "sum":
-            w = w / g.row_sum(w).clamp_min(1e-12)[g.dst]
+            w = w / g.row_sum(w).clamp_min(1e-12).index_select(0, g.dst)
         return w
 
     # ----------------------------------------------------------------- forward
@@ -182,7 +186,7 @@ class GRCN(Backbone):
         x = self.id_embedding
         out = x
         for _ in range(self.n_layers):
-            x = self.graph.aggregate(w, x)
+            x = self.graph.spmm(w, x)
             out = out + x
         users = torch.cat([out[: self.n_users], *prefs], dim=1)
         items = torch.cat([out[self.n_users:], *contents], dim=1)

@@ -15,35 +15,74 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import normalized_adjacency
-from ..knn import SparseMatrix, knn_graph
+from ..graph import SparseMatrix, joint_graph, user_item_graph
+from ..knn import knn_graph
 from ..modality import ModalityInputs
 from .base import Backbone, register
 
 
-def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """MGCN's InfoNCE: row ``k`` of ``view1`` against all rows of ``view2`` (in-batch negatives)."""
-    v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
-    logits = v1 @ v2.T / temperature
-    # -log(exp(pos) / sum exp(all)), computed stably
-    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+class _InfoNCE(torch.autograd.Function):
+    """``sum_u c_u (log sum_v c_v exp(<a_u, b_v>) - <a_u, b_u>) / B`` with a hand-written backward.
+
+    The InfoNCE of a batch with repeated rows, computed once per distinct row:
+    ``c`` counts how often each distinct row occurs (``B = sum c``). One
+    ``(U, U)`` logit block is built; its exponentials are kept for the backward
+    (no second ``exp``), which is two matrix products.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, counts):
+        logits = a @ b.T
+        mx = logits.amax(dim=1, keepdim=True)
+        p = logits.sub_(mx).exp_()  # in place: exp(l_uv - max_u), each <= 1
+        s = p @ counts  # sum_v c_v exp(l_uv - max_u)
+        lse = s.log() + mx.squeeze(1)
+        diag = (a * b).sum(dim=1)
+        total = counts.sum()
+        ctx.save_for_backward(a, b, counts, p, s, total)
+        return (counts * (lse - diag)).sum() / total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b, counts, p, s, total = ctx.saved_tensors
+        # dL/dl_uv = (c_u / B) (c_v exp(l_uv - lse_u) - [u == v])
+        cu = counts * (grad / total)
+        g = p * (cu / s).unsqueeze(1)  # not in place: the graph may be backpropagated again
+        cb, ca = counts.unsqueeze(1) * b, cu.unsqueeze(1)
+        ga = g @ cb - ca * b if ctx.needs_input_grad[0] else None
+        gb = counts.unsqueeze(1) * (g.T @ a) - ca * a if ctx.needs_input_grad[1] else None
+        return ga, gb, None
 
 
-def _user_item_block(train: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
-    """``(n_users, n_items)`` block of ``D^-1/2 A D^-1/2`` (MGCN's ``self.R``), sparse."""
-    u, i = train[:, 0].astype(np.int64), train[:, 1].astype(np.int64)
-    du = np.bincount(u, minlength=n_users).astype(np.float64)
-    di = np.bincount(i, minlength=n_items).astype(np.float64)
-    vals = (1.0 / np.sqrt(du[u] * di[i])).astype(np.float32)
-    index = torch.as_tensor(np.stack([u, i]))
-    return torch.sparse_coo_tensor(index, torch.as_tensor(vals), (n_users, n_items), check_invariants=False).coalesce()
+def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float,
+             index: torch.Tensor | None = None) -> torch.Tensor:
+    """MGCN's InfoNCE: row ``k`` of ``view1`` against all rows of ``view2`` (in-batch negatives).
+
+    ``mean_k [ -log( exp(<v1_k, v2_k> / t) / sum_j exp(<v1_k, v2_j> / t) ) ]`` with
+    ``v = normalize(view)``. With ``index``, the batch is rows ``index`` of both
+    views (``view1[index]``, ``view2[index]``; repeats allowed and counted as in
+    the gathered batch); the loss is then computed once per distinct row, which
+    gives the same value for a fraction of the work when the batch repeats rows
+    (BPR batches repeat users and positive items).
+    """
+    if index is None:
+        rows = torch.arange(view1.shape[0], device=view1.device)
+        counts = torch.ones(view1.shape[0], dtype=view1.dtype, device=view1.device)
+    else:
+        counts = torch.bincount(index, minlength=view1.shape[0])
+        rows = counts.nonzero().squeeze(1)
+        counts = counts.index_select(0, rows).to(view1.dtype)
+    a = F.normalize(view1[rows], dim=1) / temperature
+    b = F.normalize(view2[rows], dim=1)
+    return _InfoNCE.apply(a, b, counts)
 
 
 @register("MGCN")
 class MGCN(Backbone):
     """MGCN (Yu et al., MM 2023): purified modality views on item-item graphs, fused by attention.
 
-    Forward pass (``M`` modalities, ``D = embedding_size``):
+    Forward pass (``M`` modalities, ``D = embedding_dim``):
 
     1. **Behaviour-guided purifier**: ``e^m_i = x_i * sigmoid(W_m f^m_i + b_m)`` with
        ``f^m_i = T_m x^m_i + c_m`` the projected feature and ``x_i`` the item ID embedding.
@@ -76,7 +115,7 @@ class MGCN(Backbone):
     dataset : ckdlab.data.Dataset
         Sizes, features (read once to build the kNN graphs, not kept) and the
         training graph.
-    embedding_size : int
+    embedding_dim : int
         ``D`` (default 64).
     n_ui_layers : int
         User-item propagation layers (default 2, MGCN's ``n_ui_layers``).
@@ -107,7 +146,7 @@ class MGCN(Backbone):
     * Any number of modalities (the released code has image and text).
     """
 
-    def __init__(self, dataset, embedding_size: int = 64, n_ui_layers: int = 2, n_mm_layers: int = 1,
+    def __init__(self, dataset, embedding_dim: int = 64, n_ui_layers: int = 2, n_mm_layers: int = 1,
                  knn_k: int = 10, cl_weight: float = 0.01, cl_temperature: float = 0.2,
                  knn_block_size: int | None = None, knn_device: str | None = None):
         super().__init__()
@@ -119,10 +158,10 @@ class MGCN(Backbone):
         self.modalities = tuple(dataset.modalities)
         if not self.modalities:
             raise ValueError("MGCN needs at least one modality")
-        self.embedding_size = int(embedding_size)
+        self.embedding_dim = int(embedding_dim)
         self.n_ui_layers, self.n_mm_layers = int(n_ui_layers), int(n_mm_layers)
         self.knn_k, self.cl_weight, self.cl_temperature = int(knn_k), float(cl_weight), float(cl_temperature)
-        d = self.embedding_size
+        d = self.embedding_dim
 
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
@@ -132,8 +171,12 @@ class MGCN(Backbone):
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
         train = np.asarray(dataset.train, dtype=np.int64)
-        self.adj = SparseMatrix(normalized_adjacency(train, self.n_users, self.n_items, "sym"))
-        self.user_item = SparseMatrix(_user_item_block(train, self.n_users, self.n_items))
+        #: ``D^-1/2 A D^-1/2`` of the joint user-item graph (the user-item view)
+        joint = joint_graph(train, self.n_users, self.n_items)
+        self.adj = joint.operator(joint.normalization("sym"))
+        #: its ``(n_users, n_items)`` block ``R`` (users aggregate their items' modality parts)
+        block = user_item_graph(train, self.n_users, self.n_items)
+        self.user_item = block.operator(block.normalization("sym"))
         self.item_graphs = nn.ModuleList([
             SparseMatrix(knn_graph(dataset.features[m], k=self.knn_k, normalization="sym",
                                    block_size=knn_block_size, device=knn_device or "cpu"))
@@ -206,7 +249,9 @@ class MGCN(Backbone):
     def auxiliary_loss(self, user_reps, item_reps, users, pos, neg) -> torch.Tensor:
         """``cl_weight`` x (InfoNCE(items of the batch) + InfoNCE(users of the batch)), MGCN eq. (side vs ID view).
 
-        Uses the views of the :meth:`forward` call that returned ``user_reps``.
+        Uses the views of the :meth:`forward` call that returned ``user_reps``. Each
+        InfoNCE is over the batch as sampled (repeated users / items included) and
+        is computed once per distinct row (:func:`info_nce` with ``index``).
         """
         entry = self._cache.get(id(user_reps))
         if entry is None or entry[0] is not user_reps:
@@ -216,7 +261,7 @@ class MGCN(Backbone):
         _, side, content = entry
         n = self.n_users
         t = self.cl_temperature
-        cl = info_nce(side[n + pos], content[n + pos], t) + info_nce(side[users], content[users], t)
+        cl = info_nce(side, content, t, n + pos) + info_nce(side, content, t, users)
         return self.cl_weight * cl
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:

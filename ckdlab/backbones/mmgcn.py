@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import normalized_adjacency, propagate
+from ..graph import SparseMatrix, joint_graph
 from ..modality import ModalityInputs
-from ._layers import embedding_l2
+from ._layers import embedding_l2, l2_normalize
 from .base import Backbone, register
 
 FUSIONS = ("mean", "concat")
@@ -41,12 +41,12 @@ class _Branch(nn.Module):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
 
-    def forward(self, preference: torch.Tensor, features: torch.Tensor, adj: torch.Tensor,
+    def forward(self, preference: torch.Tensor, features: torch.Tensor, adj: SparseMatrix,
                 id_embedding: torch.Tensor) -> torch.Tensor:
         lrelu = lambda t: F.leaky_relu(t, self.negative_slope)  # noqa: E731
-        x = F.normalize(torch.cat([preference, self.projection(features)], dim=0), dim=1)
+        x = l2_normalize(torch.cat([preference, self.projection(features)], dim=0))
         for conv, linear, gate in zip(self.conv, self.linear, self.gate):
-            h = lrelu(propagate(adj, conv(x)))
+            h = lrelu(adj(conv(x)))
             x = lrelu(gate(h) + lrelu(linear(x)) + id_embedding)
         return x
 
@@ -91,7 +91,7 @@ class MMGCN(Backbone):
       (``torch.rand(..., requires_grad=True).to(device)`` or never registered),
       so the optimiser never updates them;
     * the neighbourhood aggregation is the mean over neighbours without self
-      loops (``normalized_adjacency(kind="mean")``, a sparse product); the
+      loops (``D^-1 A``, a constant :class:`~ckdlab.graph.SparseMatrix`); the
       node's own input enters through ``W_l x`` in the combination layer;
     * the number of layers is a parameter (the released code hard-codes 3).
 
@@ -121,8 +121,9 @@ class MMGCN(Backbone):
         self.branches = nn.ModuleDict({
             m: _Branch(self.n_users, int(f.shape[1]), self.preference_dim, embedding_dim, n_layers, negative_slope)
             for m, f in dataset.features.items()})
-        adj = normalized_adjacency(dataset.train, self.n_users, self.n_items, kind="mean")
-        self.register_buffer("adj", adj, persistent=False)
+        #: ``D^-1 A`` of the joint user-item graph (constant operator, transpose cached)
+        edges = joint_graph(dataset.train, self.n_users, self.n_items)
+        self.adj = edges.operator(edges.normalization("mean"))
 
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:
         reps = []
