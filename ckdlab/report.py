@@ -127,8 +127,9 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
                      kernel_name: str | None = None, timeout: int | None = None) -> dict:
     """Run one notebook with papermill into ``out_dir``; returns a record of what ran.
 
-    Only the parameters the notebook declares are passed; ``figures_dir`` is set
-    to ``out_dir`` (the notebooks save their figures there). The executed
+    Only the parameters the notebook declares are passed; ``figures_dir`` is
+    ``"."``: the notebook runs in ``out_dir`` and saves its figures there (a
+    relative path keeps machine-specific paths out of the committed reports). The executed
     notebook is written even when a cell fails (papermill marks the failing cell).
     """
     import papermill as pm
@@ -138,7 +139,7 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.ipynb"
     declared = notebook_parameters(source)
-    params = {k: v for k, v in {**parameters, "figures_dir": str(out_dir)}.items() if k in declared}
+    params = {k: v for k, v in {**parameters, "figures_dir": "."}.items() if k in declared}
     ignored = sorted(k for k in parameters if k not in declared and k != "figures_dir")
     record = {"notebook": name, "parameters": params, "ignored_parameters": ignored, "ok": True, "error": None}
     start = time.perf_counter()
