@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def parse_setting(item: str, flag: str = "--set") -> tuple[str, Any]:
+    """``"name=value"`` with the value parsed as JSON when possible (``seeds=[0,1]``), else a string."""
+    if "=" not in item:
+        raise ValueError(f"{flag} expects name=value, got {item!r}")
+    name, raw = item.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return name.strip(), value
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines one training run (besides the dataset).
@@ -107,13 +119,7 @@ class TrainConfig:
         """
         cfg = self.to_dict()
         for item in settings:
-            if "=" not in item:
-                raise ValueError(f"--set expects name=value, got {item!r}")
-            name, raw = item.split("=", 1)
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
+            name, value = parse_setting(item)
             if name.startswith("backbone."):
                 cfg["backbone_params"][name[len("backbone."):]] = value
             elif name.startswith("method."):

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import parse_setting as parse_config_setting
 from .result import atomic_write_text
 
 #: Notebooks in reading order.
@@ -82,14 +83,7 @@ def _absolute(spec):
 
 def parse_setting(item: str) -> tuple[str, object]:
     """``"name=value"`` with the value parsed as JSON when possible (``seeds=[0,1]``, ``device=cpu``)."""
-    if "=" not in item:
-        raise ValueError(f"-p expects NAME=VALUE, got {item!r}")
-    name, raw = item.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return name.strip(), value
+    return parse_config_setting(item, flag="-p")
 
 
 def parameters_for(dataset: str, *, preset: bool = True, params_file: dict | None = None,
