@@ -152,7 +152,7 @@ def fit(dataset, config: TrainConfig | None = None, *, cache_dir=None, return_mo
     -------
     Result, or ``(Result, model, inputs)`` when ``return_model``.
     """
-    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    config = (config or TrainConfig()).replace(**overrides)
     trainer = _Trainer(dataset, config, cache_dir)
     result = trainer.run()
     if return_model:
