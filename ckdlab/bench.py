@@ -46,8 +46,9 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 def _epoch_timer(dataset, model, inputs, method_name: str, method_params: dict, config, dev, cache_dir):
     """A function running one training epoch of ``model`` under a balancing method."""
-    from .balance import Batch, TrainContext, build_method
+    from .balance import TrainContext, build_method
     from .data import BPRSampler
+    from .train import train_epoch
 
     method = build_method(method_name, **method_params)
     method.setup(TrainContext(dataset, config, dev, cache_dir, inputs), model)
@@ -55,13 +56,7 @@ def _epoch_timer(dataset, model, inputs, method_name: str, method_params: dict, 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     def one_epoch():
-        for users, pos, neg in sampler.epoch(config.batch_size):
-            batch = Batch(*(torch.as_tensor(a, dtype=torch.long, device=dev) for a in (users, pos, neg)))
-            loss, _ = method.batch_loss(model, inputs, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            method.after_backward(model)
-            optimizer.step()
+        train_epoch(model, method, inputs, sampler, optimizer, config.batch_size, dev)
 
     one_epoch()  # warm-up (allocator, lazy caches)
     return one_epoch, sampler

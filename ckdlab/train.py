@@ -46,6 +46,28 @@ def _show_progress(flag: bool | None) -> bool:
     return sys.stderr.isatty() if flag is None else flag
 
 
+def train_epoch(model, method, inputs: ModalityInputs, sampler: BPRSampler, optimizer, batch_size: int,
+                device: torch.device) -> tuple[float, dict]:
+    """One pass over the sampler's training triples; returns the mean loss and mean step logs.
+
+    Shared by the trainer and the benchmark, so the benchmark times exactly what training runs.
+    """
+    model.train()
+    total, steps, logs = 0.0, 0, {}
+    for users, pos, neg in sampler.epoch(batch_size):
+        batch = Batch(*(torch.as_tensor(a, dtype=torch.long, device=device) for a in (users, pos, neg)))
+        loss, step_logs = method.batch_loss(model, inputs, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        method.after_backward(model)
+        optimizer.step()
+        total += float(loss.detach())
+        steps += 1
+        for k, v in step_logs.items():
+            logs[k] = logs.get(k, 0.0) + v
+    return total / max(steps, 1), {k: v / max(steps, 1) for k, v in logs.items()}
+
+
 class _Trainer:
     """One run's state; ``fit`` is the public entry point."""
 
@@ -72,20 +94,8 @@ class _Trainer:
         return overall, by_modality
 
     def _train_epoch(self, optimizer) -> tuple[float, dict]:
-        self.model.train()
-        total, steps, logs = 0.0, 0, {}
-        for users, pos, neg in self.sampler.epoch(self.config.batch_size):
-            batch = Batch(*(torch.as_tensor(a, dtype=torch.long, device=self.device) for a in (users, pos, neg)))
-            loss, step_logs = self.method.batch_loss(self.model, self.inputs, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.method.after_backward(self.model)
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-            for k, v in step_logs.items():
-                logs[k] = logs.get(k, 0.0) + v
-        return total / max(steps, 1), {k: v / max(steps, 1) for k, v in logs.items()}
+        return train_epoch(self.model, self.method, self.inputs, self.sampler, optimizer,
+                           self.config.batch_size, self.device)
 
     def run(self) -> Result:
         cfg = self.config
