@@ -3,9 +3,14 @@
 Every user's training items are masked; metrics are averaged over the split's
 evaluation users (those with at least one training interaction, see
 ``Dataset.eval_users``). Users are processed in batches so memory stays
-bounded on large catalogues.
+bounded on large catalogues: the batch size follows the device's free memory
+(:func:`auto_batch_size`), and a CUDA out-of-memory error halves it and retries
+the batch instead of failing the run.
 """
 from __future__ import annotations
+
+import os
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -14,6 +19,44 @@ import torch
 from .modality import ModalityInputs
 
 DEFAULT_KS = (10, 20, 50)
+
+#: Bytes one (user, item) cell of a batch costs: float scores, boolean train mask and
+#: truth mask, top-k workspace, with headroom for allocator slack.
+BYTES_PER_CELL = 16
+#: Share of the free memory one evaluation batch may take.
+MEMORY_FRACTION = 0.25
+#: Batch size limits: below MIN the per-batch overhead dominates; above MAX nothing is gained.
+MIN_BATCH, MAX_BATCH = 16, 8192
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes (CUDA: the driver's figure; CPU: MemAvailable), or None if unknown."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def auto_batch_size(n_items: int, device: torch.device, cap: int = 2048) -> int:
+    """Users per evaluation batch so one batch's score matrix fits a fraction of the free memory.
+
+    ``cap`` bounds it from above (on CPU larger batches are not faster); on CUDA the
+    cap is :data:`MAX_BATCH`, since wide batches keep the GPU busy.
+    """
+    free = free_memory_bytes(device)
+    upper = MAX_BATCH if device.type == "cuda" else cap
+    if free is None:
+        return min(cap, upper)
+    fits = int(free * MEMORY_FRACTION) // max(n_items * BYTES_PER_CELL, 1)
+    return int(max(MIN_BATCH, min(upper, fits)))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 class _RowIndex:
@@ -60,7 +103,7 @@ def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks=DEFAULT_K
 
 def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.ndarray,
                  mask_matrix: sp.csr_matrix, truth_matrix: sp.csr_matrix, ks=DEFAULT_KS,
-                 batch_size: int = 2048, per_user: bool = False) -> dict:
+                 batch_size: int | None = None, per_user: bool = False) -> dict:
     """Full-ranking metrics of the scores ``user_reps @ item_reps.T``.
 
     Parameters
@@ -71,33 +114,56 @@ def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.nda
         Items never to rank per user (their training items).
     truth_matrix : csr_matrix
         Held-out relevant items per user.
+    batch_size : int, optional
+        Users per batch; default :func:`auto_batch_size`. A CUDA out-of-memory error
+        halves it and retries the same batch (down to one user); the metrics do
+        not depend on the batch size.
     per_user : bool
         Also return the per-user values (``{"metric": np.ndarray}`` under ``"per_user"``).
     """
     ks = tuple(sorted(ks))
     max_k = min(max(ks), item_reps.shape[0])
-    sums: dict[str, float] = {}
     collected: dict[str, list] = {}
     device = user_reps.device
     masked, relevant = _RowIndex(mask_matrix, device), _RowIndex(truth_matrix, device)
     users_t = torch.as_tensor(users, dtype=torch.long, device=device)
-    for start in range(0, len(users), batch_size):
-        batch = users_t[start:start + batch_size]
-        scores = user_reps[batch] @ item_reps.T
-        scores.masked_fill_(masked.dense_mask(batch), float("-inf"))
-        top = torch.topk(scores, max_k, dim=1).indices
-        truth = relevant.dense_mask(batch)
-        hits = truth.gather(1, top)
-        values = metrics_from_hits(hits, truth.sum(1), ks)
-        for name, v in values.items():
-            sums[name] = sums.get(name, 0.0) + float(v.sum())
-            if per_user:
-                collected.setdefault(name, []).append(v.cpu().numpy())
+    size = int(batch_size) if batch_size else auto_batch_size(item_reps.shape[0], device)
+    start = 0
+    while start < len(users):
+        batch = users_t[start:start + size]
+        try:
+            batch_values = _batch_metrics(user_reps, item_reps, batch, masked, relevant, max_k, ks)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc) or size == 1:
+                raise
+            size = max(1, size // 2)
+            warnings.warn(f"evaluation ran out of memory on {device}; retrying with {size} users per batch",
+                          RuntimeWarning, stacklevel=2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        for name, v in batch_values.items():
+            collected.setdefault(name, []).append(v.cpu().numpy())
+        start += len(batch)
+    # one float64 sum over all users: the metrics do not depend on how users were batched
+    values = {name: np.concatenate(parts) for name, parts in collected.items()}
     n = max(len(users), 1)
-    result = {name: sums.get(name, 0.0) / n for name in _metric_names(ks)}
+    result = {name: float(values[name].astype(np.float64).sum()) / n if name in values else 0.0
+              for name in _metric_names(ks)}
     if per_user:
-        result["per_user"] = {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
+        result["per_user"] = {k: values.get(k, np.zeros(0)) for k in _metric_names(ks)}
     return result
+
+
+def _batch_metrics(user_reps, item_reps, batch, masked: _RowIndex, relevant: _RowIndex, max_k: int, ks):
+    """Per-user metrics of one batch of users (the memory-heavy part: a batch x items score matrix)."""
+    scores = user_reps[batch] @ item_reps.T
+    scores.masked_fill_(masked.dense_mask(batch), float("-inf"))
+    top = torch.topk(scores, max_k, dim=1).indices
+    del scores
+    truth = relevant.dense_mask(batch)
+    hits = truth.gather(1, top)
+    return metrics_from_hits(hits, truth.sum(1), ks)
 
 
 def _metric_names(ks) -> list[str]:
@@ -116,7 +182,7 @@ def representations(model, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.
 
 
 def evaluate(model, inputs: ModalityInputs, dataset, split: str = "valid", ks=DEFAULT_KS,
-             batch_size: int = 2048) -> dict[str, float]:
+             batch_size: int | None = None) -> dict[str, float]:
     """Full-ranking metrics of ``model`` on ``split`` with the given (possibly ablated) inputs."""
     user_reps, item_reps = representations(model, inputs)
     return rank_metrics(user_reps, item_reps, dataset.eval_users(split), dataset.train_matrix,
@@ -124,6 +190,6 @@ def evaluate(model, inputs: ModalityInputs, dataset, split: str = "valid", ks=DE
 
 
 def evaluate_by_modality(model, inputs: ModalityInputs, dataset, split: str = "valid", ks=DEFAULT_KS,
-                         batch_size: int = 2048) -> dict[str, dict[str, float]]:
+                         batch_size: int | None = None) -> dict[str, dict[str, float]]:
     """Metrics of each uni-modal channel: the model with every other modality mean-ablated."""
     return {m: evaluate(model, inputs.only(m), dataset, split, ks, batch_size) for m in inputs.names}

@@ -1,6 +1,7 @@
 """The single interface every recommender implements, and the name registry."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -60,6 +61,8 @@ class Backbone(nn.Module):
     name = "base"
     #: False for models with nothing to train (Pop); the trainer then only evaluates.
     trainable = True
+    #: Sub-results shared by the forward passes of one training step (see :meth:`step_scope`).
+    _step_memo: dict | None = None
 
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(user_reps (n_users, D), item_reps (n_items, D))``."""
@@ -68,6 +71,14 @@ class Backbone(nn.Module):
     @staticmethod
     def score_pairs(user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (user_reps[users] * item_reps[items]).sum(dim=-1)
+
+    @staticmethod
+    def score_margins(user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
+                      neg: torch.Tensor) -> torch.Tensor:
+        """s_ui - s_uj per triple, as u . (i - j): one gather per side (each gather's backward
+        writes a full-size gradient, so fewer gathers is the cheaper step)."""
+        items = item_reps[torch.cat([pos, neg])]
+        return (user_reps[users] * (items[:len(pos)] - items[len(pos):])).sum(dim=-1)
 
     def regularization(self, user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """L2 penalty for a batch, averaged over the batch.
@@ -95,3 +106,36 @@ class Backbone(nn.Module):
         if inputs.is_ablated(modality):
             return preference.mean(dim=0, keepdim=True).expand_as(preference)
         return preference
+
+    # -- sharing work between the forward passes of one training step -------------------------
+    @contextmanager
+    def step_scope(self):
+        """Share sub-results between the forward passes of one training step.
+
+        Balancing methods run the model several times per step on inputs that differ
+        only in which modalities are ablated (CKD: the full model and each uni-modal
+        channel), so a modality's projection of the same feature tensor is the same
+        tensor in every pass: inside a scope, :meth:`memoised` computes it once.
+        Outside a scope nothing is memoised, so a parameter update can never leave a
+        stale value behind. The trainer opens one scope per step.
+        """
+        outer = self._step_memo
+        self._step_memo = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._step_memo = outer
+
+    def memoised(self, key, source: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()``, or its value from earlier in this step for the same ``key`` and ``source`` tensor."""
+        memo = self._step_memo
+        if memo is None:
+            return compute()
+        hit = memo.get(key)
+        grad = torch.is_grad_enabled()
+        # a value computed without autograd must not stand in for one that needs it
+        if hit is not None and hit[0] is source and (hit[2] or not grad):
+            return hit[1]
+        value = compute()
+        memo[key] = (source, value, grad)
+        return value

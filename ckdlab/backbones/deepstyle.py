@@ -50,8 +50,16 @@ class DeepStyle(Backbone):
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.item_id - self.category_vector[self.category]
         for m in self.modalities:
-            item = item + self.projection[m](inputs[m])
+            if inputs.is_ablated(m):
+                # identical rows: project the mean once (same numbers as projecting every row)
+                item = item + self._project(m, inputs.mean(m))
+            else:
+                item = item + self._project(m, inputs[m])
         return self.user_id, item
+
+    def _project(self, m: str, feat: torch.Tensor) -> torch.Tensor:
+        """E_m e^m, computed once per training step for the same features (see ``Backbone.step_scope``)."""
+        return self.memoised(("project", m, id(feat)), feat, lambda: self.projection[m](feat))
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         return list(self.projection[modality].parameters())

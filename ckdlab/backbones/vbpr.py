@@ -56,15 +56,20 @@ class VBPR(Backbone):
                 # identical rows: project the mean once and broadcast (same numbers, far cheaper;
                 # this keeps CKD's modality channels inexpensive)
                 mean = inputs.mean(m)
-                items.append(self.projection[m](mean).expand(self.n_items, -1))
-                bias = bias + self.content_bias[m](mean)
+                projected, content = self._project(m, mean)
+                items.append(projected.expand(self.n_items, -1))
             else:
-                feat = inputs[m]
-                items.append(self.projection[m](feat))
-                bias = bias + self.content_bias[m](feat)
+                projected, content = self._project(m, inputs[m])
+                items.append(projected)
+            bias = bias + content
         users.append(torch.ones(self.n_users, 1, device=self.user_id.device))
         items.append(bias)
         return torch.cat(users, dim=1), torch.cat(items, dim=1)
+
+    def _project(self, m: str, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_m e^m + b_m, beta'_m . e^m), computed once per step for the same features (see step_scope)."""
+        return self.memoised(("project", m, id(feat)), feat,
+                             lambda: (self.projection[m](feat), self.content_bias[m](feat)))
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         return [self.user_pref[modality], *self.projection[modality].parameters(),

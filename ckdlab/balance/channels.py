@@ -57,8 +57,7 @@ def check_modalities(model, inputs: ModalityInputs, method: str, *, disjoint: bo
 def margins(model, inputs: ModalityInputs, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """s_ui - s_uj per triple of the model fed ``inputs`` (one forward pass)."""
     user_reps, item_reps = model(inputs)
-    return (model.score_pairs(user_reps, item_reps, users, pos)
-            - model.score_pairs(user_reps, item_reps, users, neg))
+    return model.score_margins(user_reps, item_reps, users, pos, neg)
 
 
 def channel_margins(model, inputs: ModalityInputs, modalities, users, pos, neg) -> dict[str, torch.Tensor]:
