@@ -1,4 +1,9 @@
-"""Where cached results, teachers and graphs live."""
+"""Where the caches live: ``results/`` (results and failure records), ``teachers/``, ``checkpoints/``.
+
+Graphs (kNN item graphs, normalised adjacency) are rebuilt in memory by each
+run and never cached on disk. How entries are written, verified and locked:
+:mod:`ckdlab.store`.
+"""
 from __future__ import annotations
 
 import os

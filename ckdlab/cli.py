@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from .config import TrainConfig
@@ -23,7 +24,9 @@ def _metric_table(result) -> str:
 
 
 def cmd_train(args) -> int:
+    """Train one configuration; exit 130/143 when interrupted (state saved), 3 when it diverged."""
     from .experiments import load_dataset, run
+    from .faults import TrainingDiverged, TrainingInterrupted
 
     config = TrainConfig(backbone=args.backbone, method=args.method, seed=args.seed, device=args.device,
                          progress=None if not args.quiet else False)
@@ -31,7 +34,15 @@ def cmd_train(args) -> int:
         config = config.replace(max_epochs=args.epochs)
     config = config.with_settings(args.set or [])
     dataset = load_dataset(args.data)
-    result = run(config, dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    try:
+        result = run(config, dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    except TrainingInterrupted as exc:
+        # the shell's convention for "killed by signal N": 130 for SIGINT, 143 for SIGTERM
+        print(f"{exc}; run the same command again to resume" if exc.checkpoint else str(exc), file=sys.stderr)
+        return 128 + int(exc.signum or signal.SIGINT)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     summary = dataset.summary()
     print(f"{config.backbone} + {config.method} on {summary['name']} "
           f"({summary['users']} users, {summary['items']} items, modalities {summary['modalities']})"

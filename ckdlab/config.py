@@ -19,6 +19,10 @@ def parse_setting(item: str, flag: str = "--set") -> tuple[str, Any]:
     return name.strip(), value
 
 
+#: TrainConfig fields that do not change a run's numbers, left out of cache keys.
+_NOT_IDENTITY = ("progress", "device", "checkpoint_every")
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines one training run (besides the dataset).
@@ -60,6 +64,10 @@ class TrainConfig:
         Hyperparameters passed to the backbone and balancing-method constructors.
     progress : bool or None
         tqdm bar over epochs; None shows it only when stderr is a terminal.
+    checkpoint_every : int
+        Write a resumable checkpoint every this many epochs (0: only when
+        interrupted by SIGINT/SIGTERM). Does not change the numbers, so it is
+        not part of the cache key.
     """
 
     backbone: str = "VBPR"
@@ -79,6 +87,7 @@ class TrainConfig:
     backbone_params: dict[str, Any] = field(default_factory=dict)
     method_params: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = None
+    checkpoint_every: int = 5
 
     def __post_init__(self):
         self.ks = tuple(int(k) for k in self.ks)
@@ -88,15 +97,18 @@ class TrainConfig:
         for name in ("max_epochs", "batch_size", "patience", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 disables periodic checkpoints), "
+                             f"got {self.checkpoint_every}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict:
-        """The fields that change the numbers (used for cache keys): not device or progress."""
+        """The fields that change the numbers (used for cache keys): not device, progress or checkpoint_every."""
         d = self.to_dict()
-        d.pop("progress")
-        d.pop("device")
+        for name in _NOT_IDENTITY:
+            d.pop(name)
         return d
 
     def replace(self, **changes) -> "TrainConfig":

@@ -6,7 +6,9 @@ Building blocks for the notebooks and reports:
     One configuration, trained or read from the result cache.
 ``grid(configs, dataset)``
     Many configurations -> one :class:`pandas.DataFrame` row per run, with the
-    metrics flattened into columns (see :func:`metric_column`).
+    metrics flattened into columns (see :func:`metric_column`). Runs missing
+    from the cache train in parallel on local processes or on any
+    :class:`concurrent.futures.Executor` (e.g. a Dask cluster's).
 ``make_config``, ``product``, ``seeds_product``, ``table_configs``, ``ablation_configs``
     Configuration lists for the paper's tables, built the same way everywhere so
     that the notebooks share cached runs.
@@ -20,16 +22,28 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import socket
 import sys
+import time
+import warnings
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor
 from pathlib import Path
 
+from . import store
 from .cache import resolve_cache_dir
 from .config import TrainConfig
-from .result import Result
+from .executors import INLINE
+from .faults import TrainingDiverged
+from .result import RESULT_SCHEMA, Result
 
-#: Bump when a change alters the numbers a cached result would hold.
-RESULT_FORMAT = 1
+#: Bump when a change alters the numbers a cached result would hold (or how entries are stored).
+#: 2: entries carry an integrity envelope (:func:`ckdlab.store.write_json`).
+RESULT_FORMAT = 2
+
+#: Schema name of failure records (``results/<key>.failed.json``).
+FAILURE_SCHEMA = "ckdlab.failure"
 
 #: Table 3's CKD variants: label -> CKD option overrides.
 ABLATION_VARIANTS: dict[str, dict] = {
@@ -61,25 +75,95 @@ def result_path(config: TrainConfig, dataset, cache_dir=None) -> Path:
     return resolve_cache_dir(cache_dir) / "results" / f"{result_key(config, dataset)}.json"
 
 
+def failure_path(config: TrainConfig, dataset, cache_dir=None) -> Path:
+    """Where :func:`run` records a diverged run (next to the result entry it did not produce)."""
+    return resolve_cache_dir(cache_dir) / "results" / f"{result_key(config, dataset)}.failed.json"
+
+
+def read_result(path: Path, *, quarantine_bad: bool = True) -> Result | None:
+    """The verified cached Result at ``path`` (marked ``cached``), or None when missing or bad.
+
+    A bad entry is reported (``CacheWarning``) and moved aside when
+    ``quarantine_bad``, which only :func:`run` does, holding the entry's lock.
+    """
+    payload = store.load_entry(store.read_json, path, quarantine_bad=quarantine_bad, schema=RESULT_SCHEMA,
+                               format=RESULT_FORMAT)
+    if payload is None:
+        return None
+    result = Result.from_dict(payload)
+    result.extras["cached"] = True
+    return result
+
+
+def read_failure(path: Path, *, quarantine_bad: bool = False) -> dict | None:
+    """The failure record at ``path`` (see :func:`failure_record`), or None."""
+    return store.load_entry(store.read_json, path, quarantine_bad=quarantine_bad, schema=FAILURE_SCHEMA,
+                            format=RESULT_FORMAT)
+
+
+def failure_record(config: TrainConfig, dataset, exc: TrainingDiverged) -> dict:
+    """Plain-data account of a diverged run: what ran, where it blew up, the last good checkpoint."""
+    return {
+        "key": result_key(config, dataset),
+        "config": config.to_dict(),
+        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "source": dataset.source},
+        "error": str(exc),
+        "exception": type(exc).__name__,
+        "epoch": exc.epoch,
+        "step": exc.step,
+        "terms": {str(k): _plain_number(v) for k, v in (exc.terms or {}).items()},
+        "checkpoint": None if exc.checkpoint is None else str(exc.checkpoint),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def _plain_number(value):
+    try:
+        return float(value)  # tensors, numpy scalars; NaN/Inf stay floats (JSON NaN/Infinity)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: bool = True) -> Result:
     """Train and evaluate one configuration, or read its cached Result.
 
     The cache key is a hash of every field of ``config`` that changes the
-    numbers and of the dataset's content fingerprint; the result is written
-    atomically, so a killed run leaves no half-written file. A Result read from
-    the cache has ``extras["cached"] = True``.
+    numbers and of the dataset's content fingerprint. The entry is written
+    atomically with a checksum (:mod:`ckdlab.store`): a killed run leaves no
+    half-written file, and a damaged one is reported (``CacheWarning``), moved
+    aside and recomputed. Training happens under the entry's lock, so two
+    processes asking for the same configuration train it once and the second
+    reads the first's result. A Result read from the cache has
+    ``extras["cached"] = True``.
+
+    A run that diverges (:class:`~ckdlab.faults.TrainingDiverged`) is recorded
+    (with ``use_cache``) in ``results/<key>.failed.json`` (see :func:`failure_record`) and the error
+    re-raised; :func:`grid` reports such runs without retraining them.
     """
     from .train import fit
 
     dataset = load_dataset(dataset)
+    if not use_cache:
+        return fit(dataset, config, cache_dir=cache_dir)
     path = result_path(config, dataset, cache_dir)
-    if use_cache and path.exists():
-        result = Result.from_json(path)
-        result.extras["cached"] = True
+    result = read_result(path, quarantine_bad=False)  # fast path: renames are atomic, no lock needed
+    if result is not None:
         return result
-    result = fit(dataset, config, cache_dir=cache_dir)
-    if use_cache:
-        result.to_json(path)
+    with store.locked(path):
+        result = read_result(path)  # another process may have written it while we waited
+        if result is not None:
+            return result
+        failed = failure_path(config, dataset, cache_dir)
+        try:
+            result = fit(dataset, config, cache_dir=cache_dir)
+        except TrainingDiverged as exc:
+            store.write_json(failed, failure_record(config, dataset, exc), schema=FAILURE_SCHEMA,
+                             format=RESULT_FORMAT)
+            raise
+        store.write_json(path, result.to_dict(), schema=RESULT_SCHEMA, format=RESULT_FORMAT)
+        failed.unlink(missing_ok=True)  # a retried run that now succeeds is no longer a failure
     return result
 
 
@@ -233,25 +317,33 @@ def metric_column(split: str, metric: str, modality: str | None = None, teacher:
     return f"teacher_{name}" if teacher else name
 
 
-def result_row(result: Result, *, key: str | None = None, variant: str | None = None) -> dict:
-    """One flat row: identity, bookkeeping and every metric of ``result``."""
-    cfg = result.config
-    row = {
-        "dataset": result.dataset.get("name"),
-        "backbone": cfg.get("backbone"),
-        "method": cfg.get("method"),
+def _identity_row(config: Mapping, dataset_name, key, variant, cached: bool, status: str) -> dict:
+    return {
+        "dataset": dataset_name,
+        "backbone": config.get("backbone"),
+        "method": config.get("method"),
         "variant": variant if variant is not None else "",
-        "seed": cfg.get("seed"),
-        "ablate": ",".join(cfg.get("ablate") or ()),
+        "seed": config.get("seed"),
+        "ablate": ",".join(config.get("ablate") or ()),
         "key": key,
-        "cached": bool(result.extras.get("cached", False)),
+        "cached": cached,
+        "status": status,
+    }
+
+
+def result_row(result: Result, *, key: str | None = None, variant: str | None = None) -> dict:
+    """One flat row: identity, bookkeeping (``status="ok"``) and every metric of ``result``."""
+    row = _identity_row(result.config, result.dataset.get("name"), key, variant,
+                        bool(result.extras.get("cached", False)), "ok")
+    row.update({
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "sec_per_epoch": result.timing.get("train_seconds_per_epoch"),
         "eval_seconds": result.timing.get("eval_seconds"),
         "train_seconds": result.timing.get("total_train_seconds"),
         "device": result.timing.get("device"),
-    }
+        "error": None,
+    })
     for split in ("valid", "test"):
         for metric, value in getattr(result, split).items():
             row[metric_column(split, metric)] = value
@@ -266,14 +358,24 @@ def result_row(result: Result, *, key: str | None = None, variant: str | None = 
     return row
 
 
-def _progress(iterable, total: int, enabled: bool, desc: str):
-    """tqdm over ``iterable``: widgets in a notebook when ipywidgets is installed, else text."""
+def failure_row(record: Mapping, *, key: str | None = None, variant: str | None = None) -> dict:
+    """The row of a diverged run: its identity, ``status="failed"``, the ``error`` and no metrics (NaN)."""
+    nan = float("nan")
+    row = _identity_row(record["config"], record["dataset"].get("name"), key, variant,
+                        bool(record.get("cached", False)), "failed")
+    row.update({"best_epoch": nan, "epochs_run": nan, "sec_per_epoch": nan, "eval_seconds": nan,
+                "train_seconds": nan, "device": record["config"].get("device"), "error": record.get("error")})
+    return row
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    """A tqdm bar over ``total`` runs: widgets in a notebook when ipywidgets is installed, else text."""
     try:
         import ipywidgets  # noqa: F401
         from tqdm.auto import tqdm
     except ImportError:
         from tqdm.std import tqdm
-    return tqdm(iterable, total=total, desc=desc, unit="run", disable=not enabled, file=sys.stderr,
+    return tqdm(total=total, desc=desc, unit="run", disable=not enabled, file=sys.stderr,
                 mininterval=1.0, dynamic_ncols=True)
 
 
@@ -302,8 +404,14 @@ def _normalise_configs(configs) -> list[tuple[str | None, TrainConfig]]:
 
 
 def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *, use_cache: bool = True,
-         return_results: bool = False):
+         return_results: bool = False, executor: Executor | str | None = None, workers: int | None = None,
+         retry_failed: bool = False):
     """Run (or read from cache) every configuration; one DataFrame row per run.
+
+    Cached runs are read here; only the missing ones are trained, in parallel
+    when there are several (see ``executor``). Rows come back in the order of
+    ``configs`` whatever the order the runs finish in, with the same numbers as
+    training them one after the other in this process.
 
     Parameters
     ----------
@@ -313,55 +421,167 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
         ``{label: TrainConfig or list}``; or a product spec dict
         ``{"base": TrainConfig or dict, field: value or [values], ...}`` (see :func:`product`).
     dataset
-        Dataset, folder or ``"synthetic"``; loaded once.
+        Dataset, folder or ``"synthetic"``; loaded once (and once per worker process).
     cache_dir
         Result/teacher cache (default ``$CKDLAB_CACHE`` or ``~/.cache/ckdlab``).
+        With a cluster, a folder every worker sees at the same path.
     progress
-        A tqdm bar over runs.
+        A tqdm bar over runs, advancing as runs complete.
     return_results
-        Also return the list of Result objects (same order as the rows).
+        Also return the list of Result objects (same order as the rows; None for a failed run).
+    executor
+        Where missing runs train. None: in this process when at most one run
+        is missing or ``workers == 1``, else a local process pool ('spawn'
+        start method) of ``workers`` processes, by default as many as the CPUs
+        allow at this process's torch thread count. ``"inline"``: in this
+        process, one after the other. Any :class:`concurrent.futures.Executor`
+        (e.g. ``dask.distributed.Client(...).get_executor()``): used as is,
+        not shut down. Workers use this process's ``torch.get_num_threads()``.
+    workers
+        Size of the local pool (``executor=None`` only).
+    retry_failed
+        Retrain runs recorded as diverged; by default they are reported as
+        failed again from their record.
 
     Returns
     -------
     DataFrame (or ``(DataFrame, [Result])``)
         Columns: ``dataset, backbone, method, variant, seed, ablate, key, cached,
-        best_epoch, epochs_run, sec_per_epoch, eval_seconds, train_seconds, device``,
-        then every metric as ``valid_<metric>``, ``test_<metric>``,
+        status, best_epoch, epochs_run, sec_per_epoch, eval_seconds, train_seconds,
+        device, error``, then every metric as ``valid_<metric>``, ``test_<metric>``,
         ``<split>_<modality>_<metric>`` (uni-modal channels) and, for CKD runs,
         ``teacher_<split>_<modality>_<metric>`` and ``teacher_<modality>_best_epoch``.
+        ``status`` is ``"ok"``, or ``"failed"`` for a run that diverged
+        (:class:`~ckdlab.faults.TrainingDiverged`): its metrics are NaN and
+        ``error`` says what happened. Any other error in a run propagates.
     """
     import pandas as pd
 
+    if not (executor is None or executor == INLINE or isinstance(executor, Executor)):
+        raise ValueError(f"executor must be None, {INLINE!r} or a concurrent.futures.Executor, got {executor!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     items = _normalise_configs(configs)
     data = load_dataset(dataset)
-    rows, results = [], []
-    bar = _progress(items, len(items), progress, desc=f"runs on {data.name}")
-    for label, config in bar:
+    keys = [result_key(config, data) for _, config in items]
+    outcomes: list[Result | dict | None] = [None] * len(items)
+    bar = _progress(len(items), progress, desc=f"runs on {data.name}")
+    if use_cache:
+        for i, (_, config) in enumerate(items):
+            outcomes[i] = _lookup(config, data, cache_dir, retry_failed)
+    tasks, first_of = [], {}  # with the cache, a configuration listed twice trains once
+    for i, key in enumerate(keys):
+        if outcomes[i] is None and not (use_cache and key in first_of):
+            first_of[key] = i
+            tasks.append((i, items[i][1]))
+    bar.update(len(items) - len(tasks))
+
+    def show(i: int) -> None:
+        label, config = items[i]
         bar.set_postfix_str(f"{config.backbone}/{config.method}{'/' + label if label else ''} seed {config.seed}")
-        result = run(config, data, cache_dir=cache_dir, use_cache=use_cache)
-        rows.append(result_row(result, key=result_key(config, data), variant=label))
-        results.append(result)
-    bar.close()
+
+    def done(i: int, outcome: Result | dict) -> None:
+        outcomes[i] = outcome
+        show(i)  # in parallel: the run that finished last
+        bar.update(1)
+
+    try:
+        _train_missing(tasks, dataset, data, cache_dir, executor, workers, use_cache, done, show)
+    finally:
+        bar.close()
+    for i, key in enumerate(keys):
+        if outcomes[i] is None:  # a repeat of a configuration trained above: what the cache now holds
+            outcomes[i] = _as_cached(outcomes[first_of[key]])
+    rows, results = [], []
+    for (label, _), key, outcome in zip(items, keys, outcomes):
+        if isinstance(outcome, Result):
+            rows.append(result_row(outcome, key=key, variant=label))
+            results.append(outcome)
+        else:
+            rows.append(failure_row(outcome, key=key, variant=label))
+            results.append(None)
+    _warn_failed(rows)
     frame = pd.DataFrame(rows)
     return (frame, results) if return_results else frame
+
+
+def _lookup(config: TrainConfig, data, cache_dir, retry_failed: bool) -> Result | dict | None:
+    """The cached Result or (unless ``retry_failed``) the failure record of ``config``; None: train it.
+
+    Bad entries count as missing here; :func:`run` reports and replaces them under their lock.
+    """
+    result = read_result(result_path(config, data, cache_dir), quarantine_bad=False)
+    if result is not None or retry_failed:
+        return result
+    record = read_failure(failure_path(config, data, cache_dir))
+    return None if record is None else {**record, "cached": True}
+
+
+def _as_cached(outcome: Result | dict) -> Result | dict:
+    if isinstance(outcome, Result):
+        copy = Result.from_dict(json.loads(json.dumps(outcome.to_dict())))
+        copy.extras["cached"] = True
+        return copy
+    return {**outcome, "cached": True}
+
+
+def _train_missing(tasks, dataset, data, cache_dir, executor, workers, use_cache, done, starting) -> None:
+    """Train ``tasks`` (``(index, config)``), calling ``done(index, Result or failure record)`` for each.
+
+    In this process when asked to (``"inline"``), when a local pool would not
+    pay for its start-up (one run, one worker) or could not start (a program
+    read from stdin); an Executor passed in is always used.
+    """
+    if not tasks:
+        return
+    from .executors import can_spawn, run_many
+
+    if executor == INLINE or (executor is None and (len(tasks) == 1 or workers == 1 or not can_spawn())):
+        for i, config in tasks:
+            starting(i)  # in this process: the run in progress
+            try:
+                outcome = run(config, data, cache_dir=cache_dir, use_cache=use_cache)
+            except TrainingDiverged as exc:
+                outcome = failure_record(config, data, exc)
+            done(i, outcome)
+        return
+
+    def decode(i: int, outcome: dict) -> None:
+        done(i, Result.from_dict(outcome["result"]) if outcome["status"] == "ok" else outcome["failure"])
+
+    run_many(tasks, dataset, data, cache_dir, executor=executor, workers=workers, use_cache=use_cache,
+             on_done=decode)
+
+
+def _warn_failed(rows: list[dict]) -> None:
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        first = failed[0]
+        warnings.warn(f"{len(failed)} of {len(rows)} runs failed (status 'failed', metrics NaN), e.g. "
+                      f"{first['backbone']}/{first['method']} seed {first['seed']}: {first['error']}",
+                      RuntimeWarning, stacklevel=3)
 
 
 def cache_status(runs) -> str:
     """One line, ``"cached runs: k/n"``: how many runs were read from the cache (the notebooks print it).
 
-    ``runs`` is a :func:`grid` frame or a list of Results.
+    ``runs`` is a :func:`grid` frame or a list of Results. When some runs
+    failed, ``" (f failed)"`` follows.
     """
     if hasattr(runs, "columns"):
         flags = [bool(v) for v in runs["cached"]] if len(runs) else []
+        failed = int((runs["status"] == "failed").sum()) if "status" in runs.columns else 0
     else:
-        flags = [bool(r.extras.get("cached", False)) for r in runs]
-    return f"cached runs: {sum(flags)}/{len(flags)}"
+        flags = [r is not None and bool(r.extras.get("cached", False)) for r in runs]
+        failed = sum(r is None for r in runs)
+    return f"cached runs: {sum(flags)}/{len(flags)}" + (f" ({failed} failed)" if failed else "")
 
 
-def load_results(frame, cache_dir=None) -> list[Result]:
-    """The cached Result behind each row of a :func:`grid` frame (by its ``key`` column)."""
+def load_results(frame, cache_dir=None) -> list[Result | None]:
+    """The cached Result behind each row of a :func:`grid` frame (by its ``key`` column); None for failed runs."""
     root = resolve_cache_dir(cache_dir) / "results"
-    return [Result.from_json(root / f"{k}.json") for k in frame["key"]]
+    failed = frame["status"].eq("failed").tolist() if "status" in frame.columns else [False] * len(frame)
+    return [None if bad else Result.from_json(root / f"{k}.json") for k, bad in zip(frame["key"], failed)]
 
 
 # -- the pilot study (paper section 2.3, Figure 1) ------------------------------------------------
@@ -377,7 +597,8 @@ def pilot_configs(backbone: str, modalities: Iterable[str], *, seed: int = 0, ma
 
 
 def pilot(backbone: str = "VBPR", dataset="synthetic", seed: int = 0, max_epochs: int = 50, cache_dir=None,
-          *, use_cache: bool = True, progress: bool = True, **kw) -> tuple[Result, dict[str, Result]]:
+          *, use_cache: bool = True, progress: bool = True, executor=None, workers: int | None = None,
+          **kw) -> tuple[Result, dict[str, Result]]:
     """Figure 1's runs: the multimodal model and one uni-modal model per modality.
 
     The multimodal model is trained on every modality and evaluated each epoch
@@ -385,12 +606,15 @@ def pilot(backbone: str = "VBPR", dataset="synthetic", seed: int = 0, max_epochs
     of m is the same backbone trained and evaluated with every other modality
     mean-ablated. All use early stopping, so their curves end at different epochs.
 
+    ``executor`` and ``workers`` are passed to :func:`grid`.
+
     Returns
     -------
-    (multimodal Result, {modality: uni-modal Result})
+    (multimodal Result, {modality: uni-modal Result}); a run that diverged is None.
     """
     data = load_dataset(dataset)
     multimodal, unimodal = pilot_configs(backbone, data.modalities, seed=seed, max_epochs=max_epochs, **kw)
     configs = [("multimodal", multimodal)] + [(m, c) for m, c in unimodal.items()]
-    _, results = grid(configs, data, cache_dir, progress, use_cache=use_cache, return_results=True)
+    _, results = grid(configs, data, cache_dir, progress, use_cache=use_cache, return_results=True,
+                      executor=executor, workers=workers)
     return results[0], dict(zip(unimodal, results[1:]))

@@ -1,34 +1,23 @@
-"""The one result shape every run returns, with an atomic JSON writer."""
+"""The one result shape every run returns, and its JSON form.
+
+``Result.to_json`` writes the plain export format (``ckdlab train --out``);
+the result cache stores the same dictionary inside an integrity envelope
+(:mod:`ckdlab.store`), which ``Result.from_json`` also reads.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import store
+from .store import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported: older imports)
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: never half-written."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Schema name of result entries in the cache (see :func:`ckdlab.store.write_json`).
+RESULT_SCHEMA = "ckdlab.result"
 
 
 @dataclass
@@ -73,7 +62,15 @@ class Result:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Result":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A Result from a plain JSON export or a cache entry (whose checksum is then verified).
+
+        Raises :class:`ckdlab.store.CorruptEntry` for a cache entry that fails
+        verification, and ``ValueError`` for a file that is not JSON.
+        """
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict) and data.get("schema") == RESULT_SCHEMA:
+            data = store.unwrap_json(data, path, schema=RESULT_SCHEMA)
+        return cls.from_dict(data)
 
     def __getattr__(self, name: str):
         # result.trace / result.teachers read through to extras

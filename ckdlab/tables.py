@@ -15,6 +15,11 @@ Statistics: mean and sample standard deviation (ddof=1) over seeds; the std is
 NaN, and not shown, for a single seed. CKD's improvement is tested with a
 paired t-test over seeds (``scipy.stats.ttest_rel``, runs paired by seed);
 with fewer than two paired seeds the p-value is NaN and the ``note`` column says why.
+
+Failed runs (grid rows with ``status == "failed"``, NaN metrics) never enter a
+statistic: they are dropped with a warning that counts them, and
+:func:`aggregate` (hence :func:`table1`, :func:`table3`) adds an ``n_failed``
+stat per column when there were any, so ``n`` is not mistaken for the seeds asked for.
 """
 from __future__ import annotations
 
@@ -42,6 +47,26 @@ STATS = ("mean", "std", "n")
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+def _failed(frame: pd.DataFrame) -> pd.Series:
+    """True for the rows of runs that failed (``status == "failed"``; frames without ``status`` have none)."""
+    if "status" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return frame["status"].eq("failed")
+
+
+def _warn_failed(failed: pd.Series) -> None:
+    if failed.any():
+        warnings.warn(f"{int(failed.sum())} failed run(s) left out of the statistics (see the frame's "
+                      "status and error columns)", RuntimeWarning, stacklevel=4)
+
+
+def _completed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without its failed runs, warning how many were dropped."""
+    failed = _failed(frame)
+    _warn_failed(failed)
+    return frame[~failed]
+
+
 def _ordered(values: Iterable, order: Sequence) -> list:
     """``values`` (unique) in ``order`` first, then the rest in first-seen order."""
     seen = list(dict.fromkeys(values))
@@ -55,19 +80,28 @@ def _sort_index(table: pd.DataFrame, orders: Mapping[str, Sequence]) -> pd.DataF
 
 
 def aggregate(frame: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
-    """Mean, std (ddof=1) and count of ``columns`` per group of ``by``.
+    """Mean, std (ddof=1) and count of ``columns`` per group of ``by``, over the runs that did not fail.
 
     Returns a frame indexed by ``by`` with MultiIndex columns ``(column, stat)``,
-    stat in ``("mean", "std", "n")``; groups keep their first-seen order.
+    stat in ``("mean", "std", "n")``, plus ``"n_failed"`` when some runs failed;
+    groups keep their first-seen order.
     """
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise KeyError(f"columns {missing} not in the frame (have: {sorted(frame.columns)[:20]}...)")
-    grouped = frame.groupby(list(by), sort=False, dropna=False)[list(columns)]
+    failed = _failed(frame)
+    data = frame[list(columns)].where(~failed, np.nan)  # failed runs keep their group, not their values
+    grouped = data.groupby([frame[b] for b in by], sort=False, dropna=False)
     stats = {"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count()}
+    names = STATS
+    if failed.any():
+        _warn_failed(failed)
+        n_failed = failed.groupby([frame[b] for b in by], sort=False, dropna=False).sum()
+        stats["n_failed"] = pd.DataFrame({c: n_failed for c in columns})
+        names = STATS + ("n_failed",)
     out = pd.concat(stats, axis=1)  # columns (stat, column)
     out = out.swaplevel(0, 1, axis=1)
-    ordered_cols = pd.MultiIndex.from_tuples([(c, s) for c in columns for s in STATS], names=["column", "stat"])
+    ordered_cols = pd.MultiIndex.from_tuples([(c, s) for c in columns for s in names], names=["column", "stat"])
     return out.reindex(columns=ordered_cols)
 
 
@@ -163,7 +197,7 @@ def improvement(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, sp
     ``n_pairs`` and ``note``.
     """
     rows = []
-    for (dataset, backbone), block in frame.groupby(["dataset", "backbone"], sort=False):
+    for (dataset, backbone), block in _completed(frame).groupby(["dataset", "backbone"], sort=False):
         base = block[block["method"] == baseline]
         treat = block[block["method"] == treatment]
         if base.empty or treat.empty:
@@ -274,7 +308,7 @@ def table2(frame: pd.DataFrame, metric: str = "recall@20", split: str = "test",
     """
     mods = _modalities(frame, split, metric)
     pieces = []
-    for (dataset, backbone), block in frame.groupby(["dataset", "backbone"], sort=False):
+    for (dataset, backbone), block in _completed(frame).groupby(["dataset", "backbone"], sort=False):
         for row in rows:
             if row == "uni-teacher":
                 src = block[block["method"] == "ckd"]

@@ -105,6 +105,22 @@ class BalanceMethod:
         """Method outputs stored in the result (e.g. CKD's trace and teachers)."""
         return {}
 
+    def state_dict(self) -> dict:
+        """What changes during training and is needed to resume exactly (checkpoints).
+
+        Anything ``setup`` rebuilds deterministically (teachers, fixed triples) is
+        left out. Plain training keeps no such state; methods with counters, RNGs,
+        traces or weights override this and :meth:`load_state_dict`. The returned
+        objects may be live references: the trainer serialises them at once.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output, after ``setup``."""
+        if state:
+            raise ValueError(f"method {self.name!r} keeps no training state, but the checkpoint holds "
+                             f"{sorted(state)}")
+
 
 @register_method("none")
 class PlainBPR(BalanceMethod):

@@ -32,6 +32,7 @@ Deviations and choices the paper leaves open
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,32 +153,41 @@ class CKD(BalanceMethod):
                 forwards[key] = model(ablated_inputs)
             return forwards[key]
 
-        device = batch.users.device
-        gu, gj, gk = (torch.as_tensor(a, dtype=torch.long, device=device)
-                      for a in uniform_triples(user_reps.shape[0], item_reps.shape[0], self._generic_n, self._rng))
+        # Each channel scores the batch's triples and (generic loss) uniform random triples;
+        # both sets go through one gather per side.
+        n_batch = len(batch.users)
+        users, pos, neg = batch.users, batch.pos, batch.neg
+        if self.generic:
+            device = batch.users.device
+            gu, gj, gk = (torch.as_tensor(a, dtype=torch.long, device=device)
+                          for a in uniform_triples(user_reps.shape[0], item_reps.shape[0], self._generic_n, self._rng))
+            users, pos, neg = torch.cat([users, gu]), torch.cat([pos, gj]), torch.cat([neg, gk])
 
         names = inputs.names
         per_modality, ite, channel_margin, teacher_mean = {}, {}, {}, {}
-        generic_terms = {}
+        generic_terms, channel_all = {}, {}
         for m in names:
             u_m, i_m = reps_for(inputs.only(m))
-            teacher = self.teachers[m]
-            ds = model.score_pairs(u_m, i_m, batch.users, batch.pos) - model.score_pairs(u_m, i_m, batch.users, batch.neg)
+            channel_all[m] = model.score_margins(u_m, i_m, users, pos, neg)
             with torch.no_grad():
-                dt = teacher.margin(batch.users, batch.pos, batch.neg)
+                dt_all = self.teachers[m].margin(users, pos, neg)
+            ds, dt = channel_all[m][:n_batch], dt_all[:n_batch]
             per_modality[m] = ds, dt
             if self.generic:
-                ds_g = model.score_pairs(u_m, i_m, gu, gj) - model.score_pairs(u_m, i_m, gu, gk)
-                with torch.no_grad():
-                    dt_g = teacher.margin(gu, gj, gk)
-                generic_terms[m] = tempered_bce_distillation(dt_g, ds_g, self.tau)
-            with torch.no_grad():
-                u_a, i_a = reps_for(inputs.ablate(m))
-                without_m = (model.score_pairs(u_a, i_a, batch.users, batch.pos)
-                             - model.score_pairs(u_a, i_a, batch.users, batch.neg))
+                generic_terms[m] = tempered_bce_distillation(dt_all[n_batch:], channel_all[m][n_batch:], self.tau)
+            channel_margin[m] = ds.detach()
+            teacher_mean[m] = float(dt.mean())
+        with torch.no_grad():
+            for m in names:
+                # individual treatment effect of m: the full margin minus the margin with m ablated
+                ablated = inputs.ablate(m)
+                other = next((o for o in names if inputs.only(o).ablated == ablated.ablated), None)
+                if other is not None:  # two modalities: "all but m" is the other channel, already scored
+                    without_m = channel_margin[other]
+                else:
+                    u_a, i_a = reps_for(ablated)
+                    without_m = model.score_margins(u_a, i_a, batch.users, batch.pos, batch.neg)
                 ite[m] = margin.detach() - without_m
-                channel_margin[m] = ds.detach()
-                teacher_mean[m] = float(dt.mean())
 
         ate = {m: float(ite[m].mean()) for m in names}
         rho, lam = paper_weights(ate, teacher_mean, self.rho_floor)
@@ -226,3 +236,16 @@ class CKD(BalanceMethod):
 
     def extras(self) -> dict:
         return {"trace": self.trace, "teachers": {m: t.summary() for m, t in self.teachers.items()}}
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The generic-triple RNG, step counters, the running epoch sums and the trace."""
+        return {"rng": self._rng.bit_generator.state, "step": self._step, "epochs_done": self._epochs_done,
+                "epoch_sums": self._epoch_sums, "epoch_steps": self._epoch_steps, "trace": self.trace}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = copy.deepcopy(state)
+        self._rng.bit_generator.state = state["rng"]
+        self._step, self._epochs_done = state["step"], state["epochs_done"]
+        self._epoch_sums, self._epoch_steps = state["epoch_sums"], state["epoch_steps"]
+        self.trace = state["trace"]

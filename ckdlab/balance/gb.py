@@ -32,6 +32,8 @@ are kept: the estimate carries no information on which head to favour.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import scipy.sparse as sp
 import torch.nn.functional as F
@@ -234,3 +236,12 @@ class GradientBlending(BalanceMethod):
                        "holdout_interactions": int(len(self.hold_pairs)),
                        "eval_triples": {k: int(len(t[0])) for k, t in self._triples.items()},
                        "weights": dict(self.weights), "trace": self.trace}}
+
+    # -- checkpoints ------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Current weights, the last measurement (the next update's reference) and the trace."""
+        return {"weights": self.weights, "last": self._last, "trace": self.trace}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = copy.deepcopy(state)
+        self.weights, self._last, self.trace = state["weights"], state["last"], state["trace"]

@@ -38,6 +38,7 @@ a non-zero gradient (and takes ``std`` over those entries).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -208,3 +209,17 @@ class OGMGE(BalanceMethod):
                         "ge_scope": self.ge_scope, "ge_touched_only": self.ge_touched_only,
                         "modulation_start": self.modulation_start, "modulation_end": self.modulation_end,
                         "modalities": list(self.modalities), "trace": self.trace}}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Epoch counter, pending coefficients, GE noise generators, running sums and trace."""
+        return {"epoch": self._epoch, "pending": self._pending, "steps": self._steps, "sums": self._sums,
+                "trace": self.trace,
+                "generators": {str(device): g.get_state() for device, g in self._generators.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = copy.deepcopy(state)
+        self._epoch, self._pending = state["epoch"], state["pending"]
+        self._steps, self._sums, self.trace = state["steps"], state["sums"], state["trace"]
+        for device, rng_state in state["generators"].items():
+            self._generator(torch.device(device)).set_state(rng_state)

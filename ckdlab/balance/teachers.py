@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..result import atomic_write_bytes
+from .. import store
 
 #: Bump when teacher training changes in a way that alters stored representations.
-TEACHER_FORMAT = 1
+#: 2: entries carry an integrity header (:func:`ckdlab.store.write_blob`).
+TEACHER_FORMAT = 2
+TEACHER_SCHEMA = "ckdlab.teacher"
 
 
 @dataclass
@@ -36,8 +38,8 @@ class Teacher:
 
     def margin(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """dt_uij = t_ui - t_uj for a batch of triples (no gradient)."""
-        u = self.user_reps[users]
-        return (u * (self.item_reps[pos] - self.item_reps[neg])).sum(-1)
+        items = self.item_reps[torch.cat([pos, neg])]
+        return (self.user_reps[users] * (items[:len(pos)] - items[len(pos):])).sum(-1)
 
     def summary(self) -> dict:
         return {"valid": self.valid, "test": self.test, "best_epoch": self.best_epoch, "cached": self.cached}
@@ -56,24 +58,55 @@ def teacher_key(config, dataset, modality: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def teacher_path(config, dataset, modality: str, cache_dir: Path) -> Path:
+    """Cache entry of the teacher trained with ``config`` (from :func:`teacher_config`)."""
+    key = teacher_key(config, dataset, modality)
+    return Path(cache_dir) / "teachers" / f"{config.backbone.lower()}-{modality}-{key}.pt"
+
+
+def _read_teacher(path: Path, modality: str, device: torch.device, *, quarantine_bad: bool) -> Teacher | None:
+    """The cached teacher at ``path``, or None when absent or bad (verified before ``torch.load`` sees it)."""
+    blob = store.load_entry(store.read_blob, path, quarantine_bad=quarantine_bad, schema=TEACHER_SCHEMA,
+                            format=TEACHER_FORMAT)
+    if blob is None:
+        return None
+    try:
+        stored = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+        return Teacher(modality, stored["user_reps"], stored["item_reps"], stored["valid"], stored["test"],
+                       stored["best_epoch"], cached=True)
+    except Exception as exc:  # a checksum-valid file torch cannot read (e.g. written by another torch)
+        if quarantine_bad:
+            store.quarantine(path, f"torch.load failed: {type(exc).__name__}: {exc}")
+        return None
+
+
 def load_or_train_teacher(student_config, dataset, modality: str, cache_dir: Path, device: torch.device,
                           overrides: dict | None = None) -> Teacher:
-    """The teacher of ``modality``: read from ``cache_dir/teachers`` or trained and stored there."""
+    """The teacher of ``modality``: read from ``cache_dir/teachers`` or trained and stored there.
+
+    Trained under the entry's lock (:func:`ckdlab.store.locked`), so students
+    running in parallel that share a teacher train it once; a bad entry is
+    reported (``CacheWarning``), moved aside and retrained.
+    """
     from ..evaluate import representations
     from ..train import fit
 
     config = teacher_config(student_config, modality, dataset, overrides).replace(device=str(device))
-    path = Path(cache_dir) / "teachers" / f"{config.backbone.lower()}-{modality}-{teacher_key(config, dataset, modality)}.pt"
-    if path.exists():
-        stored = torch.load(path, map_location=device, weights_only=False)
-        return Teacher(modality, stored["user_reps"], stored["item_reps"], stored["valid"], stored["test"],
-                       stored["best_epoch"], cached=True)
-    result, model, inputs = fit(dataset, config, cache_dir=cache_dir, return_model=True)
-    user_reps, item_reps = representations(model, inputs)
-    stored = {"user_reps": user_reps.detach().cpu(), "item_reps": item_reps.detach().cpu(), "valid": result.valid,
-              "test": result.test, "best_epoch": result.best_epoch, "config": config.to_dict()}
-    buffer = io.BytesIO()
-    torch.save(stored, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    path = teacher_path(config, dataset, modality, cache_dir)
+    teacher = _read_teacher(path, modality, device, quarantine_bad=False)  # fast path, no lock
+    if teacher is not None:
+        return teacher
+    with store.locked(path):
+        teacher = _read_teacher(path, modality, device, quarantine_bad=True)  # written while we waited?
+        if teacher is not None:
+            return teacher
+        result, model, inputs = fit(dataset, config, cache_dir=cache_dir, return_model=True)
+        user_reps, item_reps = representations(model, inputs)
+        stored = {"user_reps": user_reps.detach().cpu(), "item_reps": item_reps.detach().cpu(),
+                  "valid": result.valid, "test": result.test, "best_epoch": result.best_epoch,
+                  "config": config.to_dict()}
+        buffer = io.BytesIO()
+        torch.save(stored, buffer)
+        store.write_blob(path, buffer.getvalue(), schema=TEACHER_SCHEMA, format=TEACHER_FORMAT)
     return Teacher(modality, user_reps.detach(), item_reps.detach(), result.valid, result.test,
                    result.best_epoch, cached=False)
