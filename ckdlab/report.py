@@ -148,6 +148,34 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
     return record
 
 
+def as_terminal_shows(text: str) -> str:
+    """Stream text as a terminal leaves it: each carriage return overwrites its line.
+
+    Progress bars redraw themselves with ``\\r``; a stored notebook keeps every
+    redraw, which HTML would show as one line each. Only the final state is kept.
+    """
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return "\n".join(line for i, line in enumerate(lines) if line or i == len(lines) - 1)
+
+
+def merged_streams(outputs: list) -> list:
+    """Consecutive stdout (or stderr) outputs joined into one, as a terminal would show it."""
+    merged = []
+    for output in outputs:
+        if output.get("output_type") != "stream":
+            merged.append(output)
+            continue
+        last = merged[-1] if merged else None
+        if last is not None and last.get("output_type") == "stream" and last.get("name") == output.get("name"):
+            last["text"] = last["text"] + output["text"]
+        else:
+            merged.append(dict(output))
+    for output in merged:
+        if output.get("output_type") == "stream":
+            output["text"] = as_terminal_shows(output["text"])
+    return merged
+
+
 def render_html(ipynb: Path) -> Path:
     """``<name>.ipynb`` -> ``<name>.html`` next to it (nbconvert's lab template, inputs shown)."""
     import nbformat
@@ -155,6 +183,9 @@ def render_html(ipynb: Path) -> Path:
 
     ipynb = Path(ipynb)
     nb = nbformat.read(str(ipynb), as_version=4)
+    for cell in nb.cells:
+        if "outputs" in cell:
+            cell["outputs"] = merged_streams(cell["outputs"])
     body, _ = HTMLExporter().from_notebook_node(nb)
     target = ipynb.with_suffix(".html")
     _write_public(target, body)

@@ -7,7 +7,6 @@ only once all checks passed, so a failed load leaves nothing half-loaded.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .dataset import SPLITS, Dataset
-from .errors import DataError, DataWarning
+from .errors import DataError, warn_data
 from .features import FEATURE_SUFFIX, read_features, read_item_category
 
 
@@ -116,13 +115,11 @@ def build_dataset(name: str, folder: Path, raw: RawInteractions, interaction_fil
 
     excluded = {s: _excluded_eval_users(parts["train"], parts[s], n_users) for s in ("valid", "test")}
     if n_duplicates:
-        warnings.warn(f"{interaction_file}: removed {n_duplicates} duplicate interaction(s) "
-                      "(a pair repeated in a split, or found in a later split than its first)",
-                      DataWarning, stacklevel=3)
+        warn_data(f"{interaction_file}: removed {n_duplicates} duplicate interaction(s) "
+                  "(a pair repeated in a split, or found in a later split than its first)")
     if any(excluded.values()):
-        warnings.warn(f"{interaction_file}: {excluded['valid']} validation and {excluded['test']} test user(s) "
-                      "have no training interaction and are excluded from evaluation",
-                      DataWarning, stacklevel=3)
+        warn_data(f"{interaction_file}: {excluded['valid']} validation and {excluded['test']} test user(s) "
+                  "have no training interaction and are excluded from evaluation")
     notes = {"duplicates_removed": n_duplicates, "excluded_eval_users": excluded}
     return Dataset(name, n_users, n_items, parts["train"], parts["valid"], parts["test"], features,
                    source=str(folder), item_category=item_category, notes=notes)
