@@ -216,18 +216,20 @@ def build_index(root: str | Path = "reports") -> Path:
             link = (f'<a href="{folder.name}/{html_name}">{html.escape(TITLES.get(name, name))}</a>'
                     if (folder / html_name).exists() else html.escape(TITLES.get(name, name)))
             status = "ok" if rec.get("ok") else f"failed: {html.escape(rec.get('error') or '')}"
+            shown = {k: v for k, v in rec.get("parameters", {}).items() if k not in ("dataset", "figures_dir")}
+            params = html.escape(json.dumps(shown, indent=1, default=str))
             rows.append(f"<tr><td>{link}</td><td><a href=\"{folder.name}/{name}.ipynb\">ipynb</a></td>"
-                        f"<td>{rec.get('seconds', '')} s</td><td>{status}</td></tr>")
+                        f"<td>{rec.get('seconds', '')} s</td><td>{status}</td>"
+                        f"<td>{html.escape(str(rec.get('generated') or manifest.get('generated', '')))}</td>"
+                        f"<td><details><summary>parameters</summary><pre>{params}</pre></details></td></tr>")
         figures = " ".join(f'<a href="{folder.name}/{f}">{html.escape(f)}</a>' for f in _figures(folder))
-        params = html.escape(json.dumps(manifest.get("parameters", {}), indent=1))
         sections.append(
             f"<h2>{html.escape(folder.name)}</h2>\n"
-            f"<p>dataset: <code>{html.escape(str(manifest.get('dataset')))}</code>; "
-            f"generated {html.escape(manifest.get('generated', ''))}</p>\n"
-            f"<table><tr><th>notebook</th><th></th><th>time</th><th>status</th></tr>\n" + "\n".join(rows)
+            f"<p>dataset: <code>{html.escape(str(manifest.get('dataset')))}</code></p>\n"
+            f"<table><tr><th>notebook</th><th></th><th>time</th><th>status</th><th>generated</th>"
+            f"<th>run sizes</th></tr>\n" + "\n".join(rows)
             + "</table>\n"
-            + (f"<p>figures: {figures}</p>\n" if figures else "")
-            + f"<details><summary>parameters</summary><pre>{params}</pre></details>")
+            + (f"<p>figures: {figures}</p>\n" if figures else ""))
     body = "\n".join(sections) or "<p>No reports yet: run <code>ckdlab report</code>.</p>"
     page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ckdlab reports</title>\n"
             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
@@ -239,6 +241,31 @@ def build_index(root: str | Path = "reports") -> Path:
     target = root / "index.html"
     _write_public(target, page)
     return target
+
+
+def _earlier_records(folder: Path, exclude) -> list[dict]:
+    """Records of notebooks an earlier report run wrote to ``folder`` and this run does not redo.
+
+    Running a subset of the notebooks (``--notebooks ablation``) keeps the others in the
+    index; each record carries its own parameters, so mixed sizes stay visible.
+    """
+    path = folder / "report.json"
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    for rec in old.get("notebooks", []):
+        rec.setdefault("generated", old.get("generated"))
+    return [rec for rec in old.get("notebooks", [])
+            if rec.get("notebook") not in exclude and (folder / rec.get("ipynb", "")).is_file()]
+
+
+def _write_manifest(folder: Path, manifest: dict, earlier: list[dict]) -> None:
+    order = {name: i for i, name in enumerate(NOTEBOOKS)}
+    records = sorted(earlier + manifest["notebooks"], key=lambda r: order.get(r.get("notebook"), len(order)))
+    _write_public(folder / "report.json", json.dumps({**manifest, "notebooks": records}, indent=1, default=str))
 
 
 def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "reports", *, preset: bool = True,
@@ -258,6 +285,7 @@ def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "repo
         params = parameters_for(dataset, preset=preset, params_file=params_file, overrides=overrides)
         manifest = {"dataset": params["dataset"], "parameters": params,
                     "generated": _dt.datetime.now().isoformat(timespec="seconds"), "notebooks": []}
+        earlier = _earlier_records(folder, exclude=notebooks)
         for name in notebooks:
             log(f"[{label}] {name} ...")
             nb_params = {k: v for k, v in params.items() if k != "notebooks"}
@@ -266,9 +294,10 @@ def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "repo
                                    timeout=timeout)
             if html_output and (folder / rec["ipynb"]).exists():
                 rec["html"] = render_html(folder / rec["ipynb"]).name
+            rec["generated"] = _dt.datetime.now().isoformat(timespec="seconds")
             manifest["notebooks"].append(rec)
             log(f"[{label}] {name}: {'ok' if rec['ok'] else rec['error']} ({rec['seconds']} s)")
-            _write_public(folder / "report.json", json.dumps(manifest, indent=1, default=str))
+            _write_manifest(folder, manifest, earlier)
             if not rec["ok"] and stop_on_error:
                 build_index(out)
                 manifests.append(manifest)

@@ -145,3 +145,15 @@ def test_parameters_layering(tmp_path):
     assert report.parameters_for("synthetic", preset=False) == {"dataset": "synthetic"}
     assert report.parse_setting("seeds=[0, 1]") == ("seeds", [0, 1])
     assert report.parse_setting("device=cuda") == ("device", "cuda")
+
+
+def test_rerunning_some_notebooks_keeps_the_others_in_the_index(first_report, tiny_folder):
+    out = first_report["out"]
+    report.report([str(tiny_folder)], notebooks=["unimodal_table"], out=out,
+                  overrides=tiny_params(first_report["cache"]), log=lambda msg: None)
+    stored = json.loads((out / "tiny" / "report.json").read_text())
+    assert [r["notebook"] for r in stored["notebooks"]] == list(report.NOTEBOOKS)
+    assert all(r.get("generated") for r in stored["notebooks"])
+    index = (out / "index.html").read_text()
+    assert all(f'href="tiny/{name}.html"' in index for name in report.NOTEBOOKS)
+    assert index.count("<summary>parameters</summary>") == len(report.NOTEBOOKS)
