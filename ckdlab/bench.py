@@ -33,15 +33,16 @@ def _default_data() -> str:
     return str(SHARED_TIKTOK) if SHARED_TIKTOK.is_dir() else "synthetic"
 
 
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def _best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(_seconds(fn) for _ in range(repeats))
 
 
 def _epoch_timer(dataset, model, inputs, method_name: str, method_params: dict, config, dev, cache_dir):
@@ -81,14 +82,20 @@ def measure_backbone(data: str, backbone: str, device: str, epochs: int, ckd: bo
     inputs = ModalityInputs.from_dataset(dataset, dev)
     with tempfile.TemporaryDirectory() as cache_dir:
         plain_epoch, sampler = _epoch_timer(dataset, model, inputs, "none", {}, config, dev, cache_dir)
-        epoch_seconds = _best_of(plain_epoch, repeats=epochs)
         sampling_seconds = _best_of(lambda: [None for _ in sampler.epoch(config.batch_size)])
-        ckd_seconds = float("nan")
+        ckd_epoch = None
         if ckd and len(dataset.modalities) > 1:
             # teachers (1 epoch each, untimed) come from the cache during the timed epochs
             ckd_epoch, _ = _epoch_timer(dataset, model, inputs, "ckd", {"teacher": {"max_epochs": 1}},
                                         config, dev, cache_dir)
-            ckd_seconds = _best_of(ckd_epoch, repeats=epochs)
+        # plain and CKD epochs alternate, so a change in machine load hits both alike
+        plain_times, ckd_times = [], []
+        for _ in range(epochs):
+            plain_times.append(_seconds(plain_epoch))
+            if ckd_epoch is not None:
+                ckd_times.append(_seconds(ckd_epoch))
+        epoch_seconds = min(plain_times)
+        ckd_seconds = min(ckd_times) if ckd_times else float("nan")
 
     users = dataset.eval_users("test")
     eval_seconds = _best_of(lambda: evaluate(model, inputs, dataset, "test"))
