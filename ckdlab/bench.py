@@ -105,7 +105,7 @@ def measure_backbone(data: str, backbone: str, device: str, epochs: int, ckd: bo
 
     def floor():
         for start in range(0, len(users), 2048):
-            torch.topk(user_reps[idx[start:start + 2048]] @ item_reps.T, 50, dim=1)
+            torch.topk(user_reps[idx[start:start + 2048]] @ item_reps.T, min(50, item_reps.shape[0]), dim=1)
 
     floor_seconds = _best_of(floor) + forward_seconds
     if dev.type == "cuda":
