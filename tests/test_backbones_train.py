@@ -28,3 +28,16 @@ def test_training_beats_untrained_model(small_synthetic, name):
     result = fit(ds, config)
     assert result.valid["recall@20"] > before + 0.03
     assert all(np.isfinite(h["loss"]) for h in result.history)
+
+
+@pytest.mark.parametrize("method", ["gb", "ogm", "ckd"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_balancing_method_trains_every_backbone(name, method, tmp_path):
+    ds = load("synthetic", n_users=120, n_items=100)
+    params = {"teacher": {"max_epochs": 1}} if method == "ckd" else {}
+    config = TrainConfig(backbone=name, method=method, method_params=params, max_epochs=1, batch_size=512,
+                         lr=5e-3, seed=0, device="cpu", ks=(20,), progress=False)
+    result = fit(ds, config, cache_dir=tmp_path)
+    assert result.epochs_run == 1 and np.isfinite(result.history[0]["loss"])
+    assert 0.0 <= result.test["recall@20"] <= 1.0
+    assert set(result.test_by_modality) == set(ds.modalities)
