@@ -157,3 +157,26 @@ def test_rerunning_some_notebooks_keeps_the_others_in_the_index(first_report, ti
     index = (out / "index.html").read_text()
     assert all(f'href="tiny/{name}.html"' in index for name in report.NOTEBOOKS)
     assert index.count("<summary>parameters</summary>") == len(report.NOTEBOOKS)
+
+
+@pytest.fixture(scope="module")
+def per_backbone_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("per-backbone-cache")
+
+
+@pytest.mark.parametrize("name", report.NOTEBOOKS)
+@pytest.mark.parametrize("backbone", ["DeepStyle", "MMGCN", "GRCN", "EgoGCN", "MGCN"])
+def test_every_notebook_runs_with_every_backbone(name, backbone, tiny_folder, per_backbone_cache, tmp_path):
+    """`papermill notebooks/X.ipynb out.ipynb -p backbone NAME` (VBPR runs in the report tests above)."""
+    import papermill as pm
+
+    params = {**tiny_params(per_backbone_cache), "max_epochs": 1, "dataset": str(tiny_folder),
+              "backbone": backbone}
+    declared = report.notebook_parameters(NOTEBOOK_DIR / f"{name}.ipynb")
+    target = tmp_path / f"{name}.ipynb"
+    pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(target), cwd=str(tmp_path),
+                        parameters={k: v for k, v in params.items() if k in declared}, progress_bar=False)
+    nb = nbformat.read(str(target), as_version=4)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    cached, total = cache_status(nb)
+    assert total >= 1
