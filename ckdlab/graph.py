@@ -37,9 +37,15 @@ are dropped whenever the module is moved or copied.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
+
+# torch warns on every CSR construction that the format is "in beta"; ckdlab uses only its
+# stable core (construction, sparse x dense products), so the warning says nothing to users.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 # -- graphs from interactions -----------------------------------------------------
 
