@@ -32,6 +32,18 @@ def make_tiny_dataset(n_users: int = 30, n_items: int = 40, per_user: int = 8, s
     return Dataset("tiny", n_users, n_items, arr["train"], arr["valid"], arr["test"], feats, source="tests")
 
 
+def write_mmrec(dataset: Dataset, folder: Path) -> Path:
+    """Write ``dataset`` as an MMRec folder: ``<folder name>.inter`` plus ``<modality>_feat.npy``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["userID\titemID\tx_label"]
+    for label, split in enumerate(("train", "valid", "test")):
+        lines += [f"{u}\t{i}\t{label}" for u, i in dataset.split(split)]
+    (folder / f"{folder.name}.inter").write_text("\n".join(lines) + "\n")
+    for m, feats in dataset.features.items():
+        np.save(folder / f"{m}_feat.npy", np.asarray(feats, dtype=np.float32))
+    return folder
+
+
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return make_tiny_dataset()

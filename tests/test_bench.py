@@ -4,8 +4,7 @@ import math
 
 from ckdlab import bench
 from ckdlab.cli import main as cli_main
-from tests.conftest import make_tiny_dataset
-from tests.test_notebooks import write_mmrec
+from conftest import make_tiny_dataset, write_mmrec
 
 
 def test_bench_reports_every_ratio_for_each_backbone(tmp_path, capsys):

@@ -12,8 +12,8 @@ import pytest
 distributed = pytest.importorskip(
     "distributed", reason="dask[distributed] is not installed (pip install -e '.[cluster]'; the test extra has it)")
 
-from conftest import make_tiny_dataset  # noqa: E402
-from test_grid_executors import metrics, write_mmrec  # noqa: E402
+from conftest import make_tiny_dataset, write_mmrec  # noqa: E402
+from test_grid_executors import metrics  # noqa: E402
 
 from ckdlab import experiments as ex  # noqa: E402
 from ckdlab.config import TrainConfig  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Executor, Future
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,8 @@ from ckdlab.config import TrainConfig
 from ckdlab.data import load
 from ckdlab.faults import TrainingDiverged
 
+from conftest import write_mmrec
+
 DIVERGING_LR = 1e30
 
 
@@ -26,16 +27,6 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def write_mmrec(dataset, folder: Path) -> Path:
-    """Write a Dataset as an MMRec folder: ``<folder name>.inter`` plus ``<modality>_feat.npy``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["userID\titemID\tx_label"]
-    for label, split in enumerate(("train", "valid", "test")):
-        lines += [f"{u}\t{i}\t{label}" for u, i in dataset.split(split)]
-    (folder / f"{folder.name}.inter").write_text("\n".join(lines) + "\n")
-    for m, feats in dataset.features.items():
-        np.save(folder / f"{m}_feat.npy", np.asarray(feats, dtype=np.float32))
-    return folder
 
 
 def metrics(frame: pd.DataFrame) -> pd.DataFrame:

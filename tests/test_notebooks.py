@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 
-from conftest import make_tiny_dataset
+from conftest import make_tiny_dataset, write_mmrec
 
 from ckdlab import report
 
@@ -30,16 +29,6 @@ def tiny_params(cache_dir) -> dict:
             "threads": 1, "train_params": {"batch_size": 64}}
 
 
-def write_mmrec(dataset, folder: Path) -> Path:
-    """Write a Dataset as an MMRec folder: ``<name>.inter`` plus ``<modality>_feat.npy``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["userID\titemID\tx_label"]
-    for label, split in enumerate(("train", "valid", "test")):
-        lines += [f"{u}\t{i}\t{label}" for u, i in dataset.split(split)]
-    (folder / f"{folder.name}.inter").write_text("\n".join(lines) + "\n")
-    for m, feats in dataset.features.items():
-        np.save(folder / f"{m}_feat.npy", np.asarray(feats, dtype=np.float32))
-    return folder
 
 
 def cache_status(nb) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from ckdlab.config import TrainConfig
 from ckdlab.faults import CacheWarning, TrainingInterrupted
 from ckdlab.train import fit
 
-from conftest import make_tiny_dataset
+from conftest import make_tiny_dataset, write_mmrec
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 6  # tiny dataset: 30 users x 6 training items, batch 32
@@ -242,16 +242,6 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def write_mmrec(dataset, folder: Path) -> Path:
-    """``dataset`` as an MMRec folder (``<name>.inter`` + ``<modality>_feat.npy``)."""
-    folder.mkdir(parents=True)
-    lines = ["userID\titemID\tx_label"]
-    for label, split in enumerate(("train", "valid", "test")):
-        lines += [f"{u}\t{i}\t{label}" for u, i in dataset.split(split)]
-    (folder / "tiny.inter").write_text("\n".join(lines) + "\n")
-    for m, feats in dataset.features.items():
-        np.save(folder / f"{m}_feat.npy", feats)
-    return folder
 
 
 @pytest.fixture(scope="module")
