@@ -14,9 +14,7 @@ unpickled but quarantined (``<path>.corrupt``, with a
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import random
 import warnings
@@ -27,7 +25,7 @@ import torch
 
 from .cache import resolve_cache_dir
 from .faults import CacheWarning
-from .store import CorruptEntry, load_entry, locked, quarantine, read_blob, write_blob
+from .store import CorruptEntry, entry_key, load_entry, locked, quarantine, read_blob, write_blob
 
 #: Bump when the checkpoint's content changes in a way older checkpoints cannot be resumed from.
 CHECKPOINT_FORMAT = 1
@@ -36,9 +34,7 @@ SCHEMA = "ckdlab.checkpoint"
 
 def checkpoint_key(config, dataset) -> str:
     """sha256 of the configuration identity, the dataset fingerprint and the format (20 hex digits)."""
-    payload = json.dumps({"config": config.identity(), "data": dataset.fingerprint, "format": CHECKPOINT_FORMAT},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+    return entry_key(config=config.identity(), data=dataset.fingerprint, format=CHECKPOINT_FORMAT)
 
 
 def checkpoint_path(config, dataset, cache_dir=None) -> Path:

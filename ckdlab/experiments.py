@@ -19,7 +19,6 @@ Building blocks for the notebooks and reports:
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -66,9 +65,7 @@ def load_dataset(spec):
 
 
 def result_key(config: TrainConfig, dataset) -> str:
-    payload = json.dumps({"config": config.identity(), "data": dataset.fingerprint, "format": RESULT_FORMAT},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+    return store.entry_key(config=config.identity(), data=dataset.fingerprint, format=RESULT_FORMAT)
 
 
 def result_path(config: TrainConfig, dataset, cache_dir=None) -> Path:

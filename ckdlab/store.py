@@ -85,6 +85,15 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def entry_key(**fields: Any) -> str:
+    """Name of a cache entry: 20 hex digits of the sha256 of ``fields`` as sorted JSON.
+
+    Results, teachers and checkpoints are all keyed this way (configuration
+    identity, dataset fingerprint, format number, ...).
+    """
+    return digest(json.dumps(fields, sort_keys=True, default=str).encode())[:20]
+
+
 def canonical_json(payload: Any) -> bytes:
     """The bytes the JSON digest is taken over: sorted keys, no whitespace.
 

@@ -8,15 +8,14 @@ training.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import store
+from ..backbones.base import Backbone
 
 #: Bump when teacher training changes in a way that alters stored representations.
 #: 2: entries carry an integrity header (:func:`ckdlab.store.write_blob`).
@@ -38,8 +37,7 @@ class Teacher:
 
     def margin(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """dt_uij = t_ui - t_uj for a batch of triples (no gradient)."""
-        items = self.item_reps[torch.cat([pos, neg])]
-        return (self.user_reps[users] * (items[:len(pos)] - items[len(pos):])).sum(-1)
+        return Backbone.score_margins(self.user_reps, self.item_reps, users, pos, neg)
 
     def summary(self) -> dict:
         return {"valid": self.valid, "test": self.test, "best_epoch": self.best_epoch, "cached": self.cached}
@@ -53,9 +51,8 @@ def teacher_config(student_config, modality: str, dataset, overrides: dict | Non
 
 
 def teacher_key(config, dataset, modality: str) -> str:
-    payload = {"data": dataset.fingerprint, "modality": modality, "config": config.identity(),
-               "format": TEACHER_FORMAT}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return store.entry_key(data=dataset.fingerprint, modality=modality, config=config.identity(),
+                           format=TEACHER_FORMAT)
 
 
 def teacher_path(config, dataset, modality: str, cache_dir: Path) -> Path:
