@@ -25,6 +25,7 @@ import torch
 
 from .cache import resolve_cache_dir
 from .faults import CacheWarning
+from .provenance import numbers_identity
 from .store import CorruptEntry, entry_key, load_entry, locked, quarantine, read_blob, write_blob
 
 #: Bump when the checkpoint's content changes in a way older checkpoints cannot be resumed from.
@@ -33,8 +34,14 @@ SCHEMA = "ckdlab.checkpoint"
 
 
 def checkpoint_key(config, dataset) -> str:
-    """sha256 of the configuration identity, the dataset fingerprint and the format (20 hex digits)."""
-    return entry_key(config=config.identity(), data=dataset.fingerprint, format=CHECKPOINT_FORMAT)
+    """sha256 of the configuration identity, the dataset fingerprint, the format and the numbers identity.
+
+    The numbers identity (:func:`ckdlab.provenance.numbers_identity`) keeps a run
+    from resuming a checkpoint written by code that computes other numbers, by
+    another torch or at another thread count.
+    """
+    return entry_key(config=config.identity(), data=dataset.fingerprint, format=CHECKPOINT_FORMAT,
+                     **numbers_identity(config.device))
 
 
 def checkpoint_path(config, dataset, cache_dir=None) -> Path:
@@ -43,11 +50,14 @@ def checkpoint_path(config, dataset, cache_dir=None) -> Path:
     return resolve_cache_dir(cache_dir) / "checkpoints" / name
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` atomically: an interrupted write leaves the previous checkpoint intact."""
+def save_checkpoint(path: str | os.PathLike, state: dict, meta: dict | None = None) -> None:
+    """Write ``state`` atomically: an interrupted write leaves the previous checkpoint intact.
+
+    ``meta`` (the run's numbers identity and name) goes into the entry's header for ``ckdlab cache list``.
+    """
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_blob(path, buffer.getvalue(), schema=SCHEMA, format=CHECKPOINT_FORMAT)
+    write_blob(path, buffer.getvalue(), schema=SCHEMA, format=CHECKPOINT_FORMAT, meta=meta)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

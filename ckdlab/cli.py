@@ -1,4 +1,4 @@
-"""The ``ckdlab`` command line: train, data summary, bench."""
+"""The ``ckdlab`` command line: train, data summary, report, cache, bench."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import signal
 import sys
 
 from .config import TrainConfig
+from .provenance import describe
 
 
 def _metric_table(result) -> str:
@@ -20,6 +21,7 @@ def _metric_table(result) -> str:
     valid = result.valid.get("recall@20", float("nan"))
     lines.append(f"best epoch {result.best_epoch} of {result.epochs_run}; valid recall@20 {valid:.4f}; "
                  f"{result.timing.get('train_seconds_per_epoch', 0):.2f} s/epoch on {result.timing.get('device')}")
+    lines.append(describe(result.provenance))
     return "\n".join(lines)
 
 
@@ -66,6 +68,24 @@ def cmd_data_summary(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """``ckdlab cache list`` / ``ckdlab cache prune [--dry-run]``."""
+    from .cache import resolve_cache_dir
+    from .cache_entries import format_entries, list_entries, prune
+
+    root = resolve_cache_dir(args.cache_dir)
+    if args.cache_command == "list":
+        print(f"cache folder {root}")
+        print(format_entries(list_entries(root)))
+        return 0
+    removed = prune(root, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in removed:
+        print(f"{verb} {entry.kind}/{entry.name} ({entry.status})")
+    print(f"{verb} {len(removed)} stale or corrupt entries ({sum(e.bytes for e in removed) / 1e6:.1f} MB) from {root}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -108,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="execute every notebook per dataset into reports/<dataset>/ (papermill + HTML)")
     report_arguments(report)
     report.set_defaults(func=cmd_report)
+
+    cache = sub.add_parser("cache", help="list the cache's entries or prune the stale ones")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("list", "every cached result, teacher and checkpoint, current or stale"),
+                       ("prune", "delete entries made by other numbers-code or torch, and corrupt ones")):
+        cmd = cache_sub.add_parser(name, help=text)
+        cmd.add_argument("--cache-dir", default=None, help="cache folder (default $CKDLAB_CACHE or ~/.cache/ckdlab)")
+        if name == "prune":
+            cmd.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+        cmd.set_defaults(func=cmd_cache)
 
     bench = sub.add_parser("bench", help="measure training/evaluation speed and memory")
     bench.add_argument("--data", default=None, help="dataset (default: ../shared/data/tiktok if present, else synthetic)")

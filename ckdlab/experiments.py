@@ -35,6 +35,7 @@ from .cache import resolve_cache_dir
 from .config import TrainConfig
 from .executors import INLINE
 from .faults import TrainingDiverged
+from .provenance import numbers_identity
 from .result import RESULT_SCHEMA, Result
 
 #: Bump when a change alters the numbers a cached result would hold (or how entries are stored).
@@ -65,7 +66,15 @@ def load_dataset(spec):
 
 
 def result_key(config: TrainConfig, dataset) -> str:
-    return store.entry_key(config=config.identity(), data=dataset.fingerprint, format=RESULT_FORMAT)
+    """Configuration identity, data fingerprint, format and :func:`~ckdlab.provenance.numbers_identity`."""
+    return store.entry_key(config=config.identity(), data=dataset.fingerprint, format=RESULT_FORMAT,
+                           **numbers_identity(config.device))
+
+
+def entry_meta(config: TrainConfig, dataset) -> dict:
+    """What ``ckdlab cache list`` shows of an entry: its numbers identity and which run it is."""
+    return {**numbers_identity(config.device), "run": f"{config.backbone}/{config.method} seed {config.seed}",
+            "dataset": dataset.name}
 
 
 def result_path(config: TrainConfig, dataset, cache_dir=None) -> Path:
@@ -157,9 +166,10 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
             result = fit(dataset, config, cache_dir=cache_dir)
         except TrainingDiverged as exc:
             store.write_json(failed, failure_record(config, dataset, exc), schema=FAILURE_SCHEMA,
-                             format=RESULT_FORMAT)
+                             format=RESULT_FORMAT, meta=entry_meta(config, dataset))
             raise
-        store.write_json(path, result.to_dict(), schema=RESULT_SCHEMA, format=RESULT_FORMAT)
+        store.write_json(path, result.to_dict(), schema=RESULT_SCHEMA, format=RESULT_FORMAT,
+                         meta=entry_meta(config, dataset))
         failed.unlink(missing_ok=True)  # a retried run that now succeeds is no longer a failure
     return result
 
@@ -340,6 +350,7 @@ def result_row(result: Result, *, key: str | None = None, variant: str | None = 
         "train_seconds": result.timing.get("total_train_seconds"),
         "device": result.timing.get("device"),
         "error": None,
+        **provenance_columns(result.provenance),
     })
     for split in ("valid", "test"):
         for metric, value in getattr(result, split).items():
@@ -353,6 +364,16 @@ def result_row(result: Result, *, key: str | None = None, variant: str | None = 
                 row[metric_column(split, metric, m, teacher=True)] = value
         row[f"teacher_{m}_best_epoch"] = teacher.get("best_epoch")
     return row
+
+
+#: Grid columns that say which code and machine made a row (from ``Result.provenance``).
+PROVENANCE_COLUMNS = ("numbers_version", "git_commit", "torch", "threads", "cpu_capability")
+
+
+def provenance_columns(provenance: Mapping | None) -> dict:
+    """The :data:`PROVENANCE_COLUMNS` of a result's provenance (None where it recorded none)."""
+    provenance = provenance or {}
+    return {name: provenance.get(name) for name in PROVENANCE_COLUMNS}
 
 
 def failure_row(record: Mapping, *, key: str | None = None, variant: str | None = None) -> dict:

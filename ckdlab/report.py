@@ -23,9 +23,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import html
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,6 +119,37 @@ def notebook_parameters(path: Path) -> dict:
     return {name: info.get("default") for name, info in pm.inspect_notebook(str(path)).items()}
 
 
+def _portable(parameters: dict, out_dir: Path) -> dict:
+    """Parameters without machine paths: the dataset folder relative to ``out_dir``, no cache folder.
+
+    The notebook runs in ``out_dir``, so a relative dataset path resolves the same; the
+    cache folder reaches it through ``$CKDLAB_CACHE`` instead (see :func:`_cache_env`),
+    so neither the committed notebook nor its HTML names a folder of this machine.
+    """
+    out = {k: v for k, v in parameters.items() if k != "cache_dir"}
+    dataset = out.get("dataset")
+    if dataset and dataset != "synthetic" and Path(dataset).is_absolute():
+        out["dataset"] = os.path.relpath(dataset, out_dir)
+    return out
+
+
+@contextlib.contextmanager
+def _cache_env(cache_dir):
+    """``$CKDLAB_CACHE`` set to ``cache_dir`` (absolute) while a notebook kernel starts and runs."""
+    if cache_dir is None:
+        yield
+        return
+    old = os.environ.get("CKDLAB_CACHE")
+    os.environ["CKDLAB_CACHE"] = str(Path(cache_dir).expanduser().resolve())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CKDLAB_CACHE", None)
+        else:
+            os.environ["CKDLAB_CACHE"] = old
+
+
 def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir: Path = NOTEBOOK_DIR,
                      kernel_name: str | None = None, timeout: int | None = None) -> dict:
     """Run one notebook with papermill into ``out_dir``; returns a record of what ran.
@@ -128,24 +161,42 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
     """
     import papermill as pm
 
+    cache_dir = parameters.get("cache_dir")
     source = Path(notebook_dir) / f"{name}.ipynb"
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.ipynb"
     declared = notebook_parameters(source)
+    parameters = _portable(parameters, out_dir)
     params = {k: v for k, v in {**parameters, "figures_dir": "."}.items() if k in declared}
     ignored = sorted(k for k in parameters if k not in declared and k != "figures_dir")
     record = {"notebook": name, "parameters": params, "ignored_parameters": ignored, "ok": True, "error": None}
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(source), str(target), parameters=params, cwd=str(out_dir), kernel_name=kernel_name,
-                            progress_bar=False, log_output=False, execution_timeout=timeout)
+        with _cache_env(cache_dir):
+            pm.execute_notebook(str(source), str(target), parameters=params, cwd=str(out_dir), kernel_name=kernel_name,
+                                progress_bar=False, log_output=False, execution_timeout=timeout)
     except Exception as exc:  # noqa: BLE001 -- recorded, the report goes on with the next notebook
         record["ok"] = False
         record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
     record["seconds"] = round(time.perf_counter() - start, 1)
     record["ipynb"] = target.name
+    if target.exists():
+        _relative_papermill_paths(target, name)
     return record
+
+
+def _relative_papermill_paths(ipynb: Path, name: str) -> None:
+    """Papermill records absolute input and output paths in the notebook's metadata: make them relative."""
+    import nbformat
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    meta = nb.metadata.get("papermill")
+    if meta is None:
+        return
+    meta["input_path"] = f"notebooks/{name}.ipynb"
+    meta["output_path"] = ipynb.name
+    nbformat.write(nb, str(ipynb))
 
 
 def as_terminal_shows(text: str) -> str:
@@ -283,7 +334,8 @@ def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "repo
         label = dataset_label(dataset)
         folder = out / label
         params = parameters_for(dataset, preset=preset, params_file=params_file, overrides=overrides)
-        manifest = {"dataset": params["dataset"], "parameters": params,
+        shown = {k: v for k, v in params.items() if k not in ("dataset", "cache_dir")}
+        manifest = {"dataset": label, "parameters": shown,
                     "generated": _dt.datetime.now().isoformat(timespec="seconds"), "notebooks": []}
         earlier = _earlier_records(folder, exclude=notebooks)
         for name in notebooks:

@@ -29,7 +29,9 @@ class Result:
     ``history`` has one entry per evaluation (``epoch``, ``loss``, ``valid``,
     ``valid_by_modality``, ``seconds`` and, for balancing methods, their own
     per-epoch values such as ``rho`` and ``lambda``). ``extras`` carries
-    method-specific outputs (CKD's ``trace`` and ``teachers``).
+    method-specific outputs (CKD's ``trace`` and ``teachers``). ``provenance``
+    says which code and machine made the numbers (numbers-version, git commit,
+    torch, device, CPU capability, threads: :func:`ckdlab.provenance.run_provenance`).
     """
 
     config: dict
@@ -43,6 +45,7 @@ class Result:
     history: list[dict] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -56,6 +59,7 @@ class Result:
     @classmethod
     def from_dict(cls, data: dict) -> "Result":
         names = {f.name for f in dataclasses.fields(cls)} - {"extras"}
+        # ``provenance`` stays out of the extras even when absent (results made before it existed)
         known = {k: v for k, v in data.items() if k in names}
         extras = {k: v for k, v in data.items() if k not in names}
         return cls(**known, extras=extras)

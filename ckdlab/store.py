@@ -103,10 +103,18 @@ def canonical_json(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_json(path: str | os.PathLike, payload: Any, *, schema: str, format: int) -> None:
-    """Atomically write ``payload`` as a JSON entry with its schema, format and sha256."""
+def write_json(path: str | os.PathLike, payload: Any, *, schema: str, format: int,
+               meta: dict | None = None) -> None:
+    """Atomically write ``payload`` as a JSON entry with its schema, format and sha256.
+
+    ``meta`` (e.g. the numbers identity of the code that made the entry) is
+    stored beside the payload so ``ckdlab cache list`` can tell stale entries
+    without reading payloads; it is informational, not covered by the digest.
+    """
     envelope = {"schema": schema, "format": int(format), "sha256": digest(canonical_json(payload)),
                 "payload": payload}
+    if meta is not None:
+        envelope["meta"] = meta
     atomic_write_text(path, json.dumps(envelope, indent=1))
 
 
@@ -138,9 +146,15 @@ def read_json(path: str | os.PathLike, *, schema: str, format: int | None = None
     return unwrap_json(data, path, schema=schema, format=format)
 
 
-def write_blob(path: str | os.PathLike, payload: bytes, *, schema: str, format: int) -> None:
-    """Atomically write ``payload`` behind a one-line JSON header with its schema, format, size and sha256."""
+def write_blob(path: str | os.PathLike, payload: bytes, *, schema: str, format: int,
+               meta: dict | None = None) -> None:
+    """Atomically write ``payload`` behind a one-line JSON header with its schema, format, size and sha256.
+
+    ``meta`` goes into the header (as in :func:`write_json`).
+    """
     header = {"schema": schema, "format": int(format), "sha256": digest(payload), "size": len(payload)}
+    if meta is not None:
+        header["meta"] = meta
     atomic_write_bytes(path, json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
 
 
@@ -165,6 +179,29 @@ def read_blob(path: str | os.PathLike, *, schema: str, format: int | None = None
     if digest(payload) != header["sha256"]:
         raise CorruptEntry(path, "sha256 mismatch (content altered after it was written)")
     return payload
+
+
+def read_header(path: str | os.PathLike) -> dict | None:
+    """The envelope of a JSON entry (without its payload) or the header of a binary entry; None if neither.
+
+    Cheap: nothing is verified and a binary payload is not read. For listing caches.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(1)
+            fh.seek(0)
+            if first == b"{" and path.suffix == ".json":
+                data = json.loads(fh.read())
+                if isinstance(data, dict):
+                    data.pop("payload", None)
+                    return data
+                return None
+            line = fh.readline(_MAX_HEADER)
+        header = json.loads(line)
+        return header if isinstance(header, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 # -- bad entries -----------------------------------------------------------------------------------

@@ -126,8 +126,40 @@ def _bold_styles(mask: pd.DataFrame) -> pd.DataFrame:
     return mask.replace({True: BOLD, False: ""}).astype(object).where(mask, "")
 
 
-def _style(display: pd.DataFrame, mask: pd.DataFrame, uuid: str, caption: str | None):
+def provenance_line(frame: pd.DataFrame) -> str:
+    """Which code and machine made the runs of ``frame``: ``runs: numbers v2, commit abc1234, ...``.
+
+    Lists every distinct value per column, so a table mixing code versions or
+    thread counts says so instead of hiding it.
+    """
+    if frame is None or not len(frame) or "numbers_version" not in frame:
+        return "runs: provenance not recorded"
+    parts = []
+    for column, label in (("numbers_version", "numbers v"), ("git_commit", "commit "), ("torch", "torch "),
+                          ("cpu_capability", "cpu "), ("threads", "threads ")):
+        if column not in frame:
+            continue
+        values = sorted({_short(v) for v in frame[column].tolist()})
+        parts.append(label + "/".join(values))
+    return "runs: " + ", ".join(parts)
+
+
+def _short(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "?"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value)
+    if len(text) >= 40 and all(c in "0123456789abcdef-dirty" for c in text):  # a git sha
+        return text[:7] + ("-dirty" if text.endswith("-dirty") else "")
+    return text
+
+
+def _style(display: pd.DataFrame, mask: pd.DataFrame, uuid: str, caption: str | None,
+           frame: pd.DataFrame | None = None):
     styler = display.style.apply(lambda _: _bold_styles(mask), axis=None).set_uuid(uuid)
+    if frame is not None:  # every table says which code and machine made its runs
+        caption = f"{caption} ({provenance_line(frame)})" if caption else provenance_line(frame)
     if caption:
         styler = styler.set_caption(caption)
     return styler
@@ -281,7 +313,7 @@ def style_table1(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, s
                  digits: int = 4, caption: str | None = None):
     """Table 1 as a Styler: mean ± std over seeds, the best mean per backbone in bold."""
     display, mask = format_table1(frame, metrics, split, digits)
-    return _style(display, mask, "table1", caption)
+    return _style(display, mask, "table1", caption, frame)
 
 
 # -- Table 2: per-modality Recall@20 --------------------------------------------------------------
@@ -382,7 +414,7 @@ def style_table2(frame: pd.DataFrame, metric: str = "recall@20", split: str = "t
                  caption: str | None = None):
     """Table 2 as a Styler: per-modality channel performance, best per backbone and column in bold."""
     display, mask = format_table2(frame, metric, split, digits)
-    return _style(display, mask, "table2", caption)
+    return _style(display, mask, "table2", caption, frame)
 
 
 # -- Table 3: CKD ablation ------------------------------------------------------------------------
@@ -429,7 +461,7 @@ def style_table3(frame: pd.DataFrame, metric: str = "recall@20", split: str = "t
                  caption: str | None = None):
     """Table 3 as a Styler: each CKD variant's ``metric``, the best per backbone and dataset in bold."""
     display, mask = format_table3(frame, metric, split, digits)
-    return _style(display, mask, "table3", caption)
+    return _style(display, mask, "table3", caption, frame)
 
 
 # -- pilot study and training dynamics ---------------------------------------------------------

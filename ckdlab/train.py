@@ -39,6 +39,7 @@ from .data.samplers import BPRSampler
 from .evaluate import evaluate, evaluate_by_modality
 from .faults import CacheWarning, TrainingDiverged, TrainingInterrupted
 from .modality import ModalityInputs
+from .provenance import numbers_identity, run_provenance
 from .result import Result
 
 
@@ -244,15 +245,18 @@ class _Trainer:
         self.name = run_name(config)
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
-        self.model = build_backbone(config.backbone, dataset, **config.backbone_params).to(self.device)
-        self.inputs = ModalityInputs.from_dataset(dataset, self.device).ablate(*config.ablate)
         self.method = build_method(config.method, **config.method_params)
+        # What the model trains on: its graphs and the sampler come from this (GB withholds its
+        # held-out slice); evaluation, cache keys and the checkpoint keep the original dataset.
+        self.train_data = self.method.training_data(dataset, config)
+        self.model = build_backbone(config.backbone, self.train_data, **config.backbone_params).to(self.device)
+        self.inputs = ModalityInputs.from_dataset(dataset, self.device).ablate(*config.ablate)
         ctx = TrainContext(dataset, config, self.device, resolve_cache_dir(cache_dir), self.inputs)
         self.method.setup(ctx, self.model)
         # Re-seed after set-up so the student's randomness does not depend on whether
         # the method's set-up (e.g. teacher training) ran or was read from cache.
         torch.manual_seed(config.seed + 1)
-        self.sampler = BPRSampler(self.method.training_matrix(dataset), seed=config.seed)
+        self.sampler = BPRSampler(self.train_data.train_matrix, seed=config.seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr) if self.model.trainable else None
         self.checkpoint = checkpoint_path(config, dataset, cache_dir)
         self.stop = stop or _StopSignals()  # one never entered never sees a signal
@@ -264,6 +268,10 @@ class _Trainer:
         """Continue from a checkpoint's state (after a fresh set-up, which it overrides)."""
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        if saved.get("numbers") != numbers_identity(self.device):
+            # keys already differ for other code; this guards a file copied or renamed by hand
+            raise ValueError(f"checkpoint made by other numbers-code {saved.get('numbers')!r}, "
+                             f"this run is {numbers_identity(self.device)!r}")
         self.model.load_state_dict(saved["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
@@ -294,6 +302,8 @@ class _Trainer:
 
     def _write_checkpoint(self) -> None:
         s = self.state
+        meta = {**numbers_identity(self.device), "run": f"{self.name} seed {self.config.seed}",
+                "dataset": self.dataset.name}
         save_checkpoint(self.checkpoint, {
             "format": CHECKPOINT_FORMAT,
             "run": {"name": self.name, "config": self.config.to_dict(), "dataset": self.dataset.fingerprint,
@@ -303,7 +313,8 @@ class _Trainer:
             "method": self.method.state_dict(),
             "rng": capture_rng_states(self.device),
             "loop": s.to_dict(),
-        })
+            "numbers": numbers_identity(self.device),
+        }, meta=meta)
 
     def _poll(self) -> None:
         """Act on SIGINT/SIGTERM: checkpoint the exact state and stop with TrainingInterrupted."""
@@ -418,6 +429,7 @@ class _Trainer:
                     "total_train_seconds": float(np.sum(s.train_times)),
                     "device": str(self.device)},
             extras=self.method.extras(),
+            provenance=run_provenance(self.device),
         )
 
 

@@ -235,9 +235,9 @@ def test_ogm_ge_noise_scope_and_determinism():
             torch.testing.assert_close(after[n], before[n])
 
 
-def test_ogm_touched_only_noise_leaves_zero_rows():
+def test_ogm_ge_noise_leaves_zero_rows_by_default():
     ds = make_tiny_dataset()
-    ogm = OGMGE(ge=True, ge_touched_only=True)
+    ogm = OGMGE(ge=True)  # ge_touched_only=True is the default
     model, _ = _setup(ogm, ds)
     before, after, _ = _grads_after(ogm, model, ds, _batch(ds, n=8))
     zero = before["user_pref.image"] == 0

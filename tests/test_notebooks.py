@@ -92,8 +92,13 @@ def test_report_executes_every_notebook_and_renders_html(first_report, tiny_fold
     for stem in ("pilot-VBPR", "dynamics-VBPR"):
         assert (folder / f"{stem}.png").is_file() and (folder / f"{stem}.svg").is_file()
     stored = json.loads((folder / "report.json").read_text())
-    assert stored["parameters"]["dataset"] == str(tiny_folder.resolve())
+    assert stored["dataset"] == "tiny" and "dataset" not in stored["parameters"]
     assert stored["parameters"]["max_epochs"] == 2
+    # no folder of this machine in anything committed: the data and cache paths stay out
+    machine_paths = (str(tiny_folder.resolve()), str(first_report["cache"].resolve()), str(out.resolve()))
+    for path in [folder / "report.json", out / "index.html", *folder.glob("*.ipynb"), *folder.glob("*.html")]:
+        text = path.read_text()
+        assert not [p for p in machine_paths if p in text], f"{path.name} names a machine path"
     index = (out / "index.html").read_text()
     assert all(f'href="tiny/{name}.html"' in index for name in report.NOTEBOOKS)
     status = {name: cache_status(nbformat.read(str(folder / f"{name}.ipynb"), as_version=4))

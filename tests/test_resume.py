@@ -175,7 +175,8 @@ def test_periodic_checkpoints_and_key_ignores_checkpoint_every(tiny, tmp_path, m
     written = []
     original = train_module.save_checkpoint
     monkeypatch.setattr(train_module, "save_checkpoint",
-                        lambda path, state: (written.append(state["loop"]["epoch"]), original(path, state)))
+                        lambda path, state, **kw: (written.append(state["loop"]["epoch"]),
+                                                   original(path, state, **kw)))
     fit(tiny, cfg, cache_dir=tmp_path)
     assert written == [3]  # after epoch 2; none after the last epoch (the run is about to finish)
 

@@ -3,6 +3,8 @@
 A balancing method never edits a backbone: per step it receives the backbone,
 the inputs and the batch, and returns the loss to minimise (plus numbers to
 log). Methods that modulate gradients (OGM-GE) do it in ``after_backward``.
+A method that must keep interactions away from training (Gradient Blending's
+held-out slice) says so in ``training_data``, before the backbone is built.
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data.dataset import Dataset
 from ..losses import bpr_loss
 from ..modality import ModalityInputs
 
@@ -77,17 +81,58 @@ def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float
     return loss, user_reps, item_reps, pos - neg
 
 
+class TrainingView(Dataset):
+    """A dataset whose ``train`` split lacks some interactions: what a model trains on.
+
+    Built by :func:`training_view`. The valid and test splits are empty (evaluation
+    reads the original dataset, whose train matrix masks *all* training items), and
+    ``fingerprint`` raises: caches and checkpoints are keyed on the original dataset.
+    """
+
+    @property
+    def fingerprint(self) -> str:
+        # RuntimeError, not AttributeError: a getattr(..., default) must not pass silently
+        raise RuntimeError(f"dataset {self.name!r} is a training view; key caches on the original dataset")
+
+
+def training_view(dataset, train: np.ndarray, note: str) -> TrainingView:
+    """``dataset`` with training pairs ``train`` (a subset of ``dataset.train``) and no valid/test."""
+    empty = np.empty((0, 2), dtype=np.int64)
+    return TrainingView(
+        name=dataset.name, n_users=dataset.n_users, n_items=dataset.n_items,
+        train=np.asarray(train, dtype=np.int64), valid=empty, test=empty, features=dataset.features,
+        source=dataset.source, item_category=dataset.item_category,
+        notes={**dataset.notes, "training_view": note})
+
+
 class BalanceMethod:
     """Plain training; subclasses add balancing. Hooks are called by ``ckdlab.train``."""
 
     name = "none"
 
+    def training_data(self, dataset, config) -> Dataset:
+        """The dataset the model trains on; called before the backbone exists.
+
+        The trainer builds the backbone (and so its propagation graphs) and the BPR
+        sampler from the returned dataset's ``train``; evaluation, cache keys and
+        checkpoints keep ``dataset``. Must depend on ``dataset`` and ``config`` only
+        (it runs again, identically, on resume). Default: ``dataset`` unchanged;
+        Gradient Blending returns a :class:`TrainingView` without its held-out slice.
+        """
+        return dataset
+
     def setup(self, ctx: TrainContext, model) -> None:
-        """Called once before training (CKD trains or loads its teachers here)."""
+        """Called once before training (CKD trains or loads its teachers here).
+
+        ``ctx.dataset`` is the original dataset, not :meth:`training_data`'s view.
+        """
         self.ctx = ctx
 
     def training_matrix(self, dataset) -> sp.csr_matrix:
-        """Interactions the BPR sampler draws from (GB holds some out)."""
+        """Interactions a BPR sampler draws from, for callers that build one themselves (bench).
+
+        The trainer uses ``training_data(...).train_matrix``; the two agree.
+        """
         return dataset.train_matrix
 
     def batch_loss(self, model, inputs: ModalityInputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -22,13 +22,24 @@ Deviations and choices the paper leaves open
 - eq. 17 divides by a sum over the batch; we divide the batch-mean ATE by the
   batch-mean teacher margin (a sum would make rho depend on the batch size).
 - A zero or negative rho (a modality that does not help yet, or hurts) is
-  clamped to ``rho_floor`` before normalising, so lambda stays in [0, 1].
+  clamped to ``rho_floor`` before normalising, so lambda stays in [0, 1]. A
+  batch whose mean teacher margin is not positive (a teacher that ranks the
+  batch's negatives above its positives on average) gives rho = 0 for that
+  modality, so it is clamped the same way instead of flipping sign.
+- With ``reweight="released"`` the history and trace still report the paper's
+  rho (for comparison across schemes); ``lambda`` there is the batch mean of
+  the released per-triple weights, which do not use rho.
 - ``reweight="released"`` reproduces the authors' released code instead:
   per-triple coefficients c^m = clamp(ITE^m / ds^m, 1e-8, 10) from the
   student's margins only, weights w^m = M/(M-1) * (1 - c^m / sum_k c^k) (for two
   modalities these sum to 2, as in the code), and the generic loss scaled by
   ``released_generic_scale`` (5) and added to every triple's loss before the
-  per-triple weighting. ``reweight="none"`` sets every lambda_m = 1 (Table 3).
+  per-triple weighting.
+- ``reweight="none"`` (Table 3's "w/o re-weight") sets every lambda_m = (M - 1) / M:
+  uniform weights that sum to M - 1 as eq. 18's do, so the variant removes the
+  re-weighting without also scaling the distillation term (for two modalities,
+  1/2 each). ``reweight="ones"`` keeps the older all-ones form (sum M), which
+  changes lambda_kd's effective size at the same time.
 """
 from __future__ import annotations
 
@@ -44,7 +55,7 @@ from .base import BalanceMethod, Batch, TrainContext, backbone_step, register_me
 from .teachers import load_or_train_teacher
 
 SPECIFIC_LOSSES = ("hinge", "kl", "mse")
-REWEIGHTS = ("paper", "released", "none")
+REWEIGHTS = ("paper", "released", "none", "ones")
 
 
 def paper_weights(ate: dict[str, float], teacher_margin: dict[str, float], rho_floor: float = 1e-6):
@@ -57,6 +68,12 @@ def paper_weights(ate: dict[str, float], teacher_margin: dict[str, float], rho_f
     total = sum(clamped.values())
     lam = {m: 1.0 - clamped[m] / total for m in ate}
     return rho, lam
+
+
+def uniform_weights(names, form: str = "none") -> dict[str, float]:
+    """Weights without re-weighting: (M - 1)/M each (``"none"``, sums like eq. 18) or 1 each (``"ones"``)."""
+    value = (len(names) - 1) / len(names) if form == "none" else 1.0
+    return {m: value for m in names}
 
 
 def released_weights(ite: dict[str, torch.Tensor], channel_margin: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,8 +101,9 @@ class CKD(BalanceMethod):
         Specific distillation loss (paper: hinge; the others are Table 3's variants).
     generic : bool
         Use the generic loss (False: Table 3's "w/o generic").
-    reweight : {"paper", "released", "none"}
-        Counterfactual weights as in the paper, as in the released code, or all 1.
+    reweight : {"paper", "released", "none", "ones"}
+        Counterfactual weights as in the paper, as in the released code, uniform
+        (M - 1)/M (Table 3's "w/o re-weight"), or all 1 (sums to M, not M - 1).
     rho_floor : float
         Clamp for a zero or negative rho before normalising.
     generic_batch_size : int or None
@@ -202,8 +220,8 @@ class CKD(BalanceMethod):
                 kd = kd + (weights[m] * per_triple).mean()
             lam = {m: float(weights[m].mean()) for m in names}
         else:
-            if self.reweight == "none":
-                lam = {m: 1.0 for m in names}
+            if self.reweight in ("none", "ones"):
+                lam = uniform_weights(names, self.reweight)
             kd = 0.0
             for m in names:
                 ds, dt = per_modality[m]

@@ -12,8 +12,14 @@ without extra parameters. The training loss of one batch is::
 Weights (online GB, the paper's Algorithm 1 with loss as the measure)
 -------------------------------------------------------------------
 A held-out slice of the *training* interactions (``holdout_fraction``, 10% by
-default, seeded by ``config.seed``) is never trained on (``training_matrix``
-returns the rest); the validation and test splits are never read. At set-up
+default, seeded by ``config.seed``) is never trained on: ``training_data``
+returns the dataset without it, and the trainer builds from that both the
+backbone (so the held-out pairs are no edges of GRCN's, EgoGCN's, MMGCN's or
+MGCN's propagation graphs) and the BPR sampler (they are never positives).
+As with the real validation split, a held-out item may still be drawn as a
+negative, being unobserved from the model's side. Evaluation keeps the
+original dataset: held-out pairs are training interactions there, masked
+from the rankings. The validation and test splits are never read. At set-up
 (epoch 0) and at the end of every super-epoch (``super_epoch`` epochs) each
 head's mean BPR loss is measured, without gradient and in eval mode, on fixed
 seeded triples: ``L^T_k`` on up to ``eval_triples`` training triples and
@@ -39,7 +45,7 @@ import scipy.sparse as sp
 import torch.nn.functional as F
 
 from ..data.samplers import BPRSampler
-from .base import BalanceMethod, Batch, TrainContext, backbone_step, register_method
+from .base import BalanceMethod, Batch, TrainContext, backbone_step, register_method, training_view
 from .channels import FULL, bpr_on_triples, check_modalities, margins, to_device_triples
 
 
@@ -153,21 +159,39 @@ class GradientBlending(BalanceMethod):
         self.eval_triples = int(eval_triples)
         self.eps = float(eps)
         self._train_matrix = None
+        self._split = None  # (dataset, seed, keep_pairs, hold_pairs) of the last split computed
+
+    # -- the held-out slice -----------------------------------------------------
+    def _holdout(self, dataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(keep_pairs, hold_pairs)`` of ``dataset.train``, computed once per dataset and seed."""
+        if self._split is None or self._split[0] is not dataset or self._split[1] != seed:
+            pairs = np.asarray(dataset.train, dtype=np.int64)
+            keep, hold = holdout_split(pairs, self.holdout_fraction, seed)
+            if len(hold) == 0:
+                raise ValueError(f"gb: no training interaction can be held out ({len(pairs)} interactions, "
+                                 f"every user has one); use a larger dataset")
+            self._split = (dataset, seed, pairs[keep], pairs[hold])
+        return self._split[2], self._split[3]
+
+    def training_data(self, dataset, config):
+        """``dataset`` without the held-out slice (graphs and sampler); see the module docstring."""
+        keep, hold = self._holdout(dataset, int(config.seed))
+        return training_view(dataset, keep, f"gb: {len(hold)} training interactions held out")
 
     # -- set-up -----------------------------------------------------------------
     def setup(self, ctx: TrainContext, model) -> None:
+        """Measurement triples and the epoch-0 losses.
+
+        ``model`` must have been built from :meth:`training_data`'s view (the trainer
+        does so), else the held-out pairs are edges of a graph backbone's propagation.
+        """
         super().setup(ctx, model)
         self.modalities = check_modalities(model, ctx.inputs, "Gradient Blending (gb)")
         self.keys = (FULL, *self.modalities)
         ds, seed = ctx.dataset, int(ctx.config.seed)
-        pairs = np.asarray(ds.train, dtype=np.int64)
-        keep, hold = holdout_split(pairs, self.holdout_fraction, seed)
-        if len(hold) == 0:
-            raise ValueError(f"gb: no training interaction can be held out ({len(pairs)} interactions, "
-                             f"every user has one); use a larger dataset")
-        self.keep_pairs, self.hold_pairs = pairs[keep], pairs[hold]
+        self.keep_pairs, self.hold_pairs = self._holdout(ds, seed)
         self._train_matrix = sp.csr_matrix(
-            (np.ones(len(keep), dtype=np.float32), (self.keep_pairs[:, 0], self.keep_pairs[:, 1])),
+            (np.ones(len(self.keep_pairs), dtype=np.float32), (self.keep_pairs[:, 0], self.keep_pairs[:, 1])),
             shape=(ds.n_users, ds.n_items))
         # Fixed measurement triples; negatives avoid the user's whole training set.
         rng = np.random.default_rng([seed, 0x6762, 1])
@@ -182,7 +206,8 @@ class GradientBlending(BalanceMethod):
         self.trace = [{"epoch": 0, **self._last, "weights": dict(self.weights)}]
 
     def training_matrix(self, dataset) -> sp.csr_matrix:
-        """Training interactions minus the held-out slice (call after ``setup``)."""
+        """Training interactions minus the held-out slice (call after ``setup``); the same as
+        ``training_data(dataset, config).train_matrix``."""
         if self._train_matrix is None:
             raise RuntimeError("GradientBlending.training_matrix called before setup()")
         if dataset is not self.ctx.dataset:

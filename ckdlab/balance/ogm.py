@@ -23,18 +23,56 @@ In ``after_backward``, during the modulation epochs ``[modulation_start,
 modulation_end]``, the gradient ``g`` of every parameter of
 ``model.modality_parameters(m)`` becomes::
 
-    g <- k_m * g + n,   n ~ N(0, std(g)^2)     (GE; std of the un-modulated gradient)
+    g <- k_m * g + n * [g != 0],   n ~ N(0, std(g[g != 0])^2)     (GE)
 
-as in the authors' code, which adds the noise to every modulated modality's
+The noise (generalisation enhancement) falls only on the entries that got a
+non-zero gradient in this step, and its std is taken over those entries (of
+the un-modulated gradient). An entry without gradient keeps a zero gradient,
+so no optimizer moves it because of GE: under Adam, a tiny noise on a row
+that got no gradient would otherwise become a step of about the learning
+rate (Adam normalises it), moving e.g. the preference rows of users absent
+from the batch (Adam's momentum still carries earlier real gradients, as
+without GE). In the paper's dense audio/visual encoders practically every
+weight gets a gradient each step, so there the two forms nearly coincide; in
+recommendation a user-preference table gets a gradient only in the rows its
+step reached.
+``ge_touched_only=False`` restores the whole-table form (noise on every
+entry, std over the whole gradient); it is kept only to reproduce that
+handicapped variant and is not the default.
+
+As in the authors' code, the noise goes to every modulated modality's
 parameters, including those whose ``k_m = 1`` (``ge_scope="all"``);
 ``ge_scope="dominant"`` adds it only where ``k_m < 1``. ``ge=False`` is plain
 OGM. Parameters outside every modality set are never touched. The noise comes
 from a ``torch.Generator`` seeded from ``config.seed``.
 
-Note on embedding tables: a user-preference table (VBPR's ``p_u^m``) gets a
-gradient only in the rows of the batch's users, but GE as published perturbs
-every entry. ``ge_touched_only=True`` restricts the noise to the entries with
-a non-zero gradient (and takes ``std`` over those entries).
+What is modulated
+-----------------
+OGM-GE (Peng et al., CVPR 2022) modulates the gradients of each modality's
+*encoder* parameters (the audio / visual backbone networks) and adds the
+noise to them; the fusion layer and classifier are left alone. A
+recommendation backbone has no separate encoder, so OGM here modulates
+``model.modality_parameters(m)``, which is per backbone:
+
+=========  =========================================================  ============================
+backbone   ``modality_parameters(m)``: modulated, and noised by GE    vs. the paper's encoder of m
+=========  =========================================================  ============================
+VBPR       user preference ``p_u^m`` (one row per user), projection   encoder + user-side
+           ``W_m, b_m``, content bias ``beta'_m``                     preference table
+DeepStyle  projection ``E_m``                                         encoder
+MMGCN      branch of ``m``: preference ``p_u^m``, projection, conv /  encoder (the branch is
+           linear / gate layers                                       a GCN encoder)
+GRCN       preference ``p_u^m``, projection ``W_m, b_m``, node        encoder + edge-scoring
+           confidence ``confidence[m]`` (one entry per node)          weights
+EgoGCN     preference ``p^m``, projection ``W_m, b_m``, the gates of  approximate split: no
+           branch ``m`` in every layer                                separate encoder exists
+MGCN       projection ``T_m``, purifier gate ``W_m``, preference      approximate split: no
+           gate ``G_m``                                               separate encoder exists
+=========  =========================================================  ============================
+
+ID embeddings and every shared layer belong to no modality and are never
+modulated or noised. The tables with one row per user (or node) are the
+reason for the touched-entries rule above.
 """
 from __future__ import annotations
 
@@ -96,7 +134,9 @@ class OGMGE(BalanceMethod):
         Noise on every modality's parameters while modulating (authors' code, default)
         or only on modalities with ``k_m < 1``.
     ge_touched_only : bool
-        Noise only on gradient entries that are non-zero (default False, as published).
+        Noise only on the gradient entries that are non-zero, std over those (default True).
+        False: noise on every entry of the table, std over all of it, which under Adam moves
+        rows that got no gradient (a handicapped variant, kept only to reproduce it).
     coefficient : {"paper", "shifted"}
         Form of ``k_m``; see the module docstring.
 
@@ -109,7 +149,7 @@ class OGMGE(BalanceMethod):
     """
 
     def __init__(self, alpha: float = 0.5, modulation_start: int = 1, modulation_end: int | None = None,
-                 ge: bool = True, ge_scope: str = "all", ge_touched_only: bool = False,
+                 ge: bool = True, ge_scope: str = "all", ge_touched_only: bool = True,
                  coefficient: str = "paper"):
         if float(alpha) < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -180,19 +220,21 @@ class OGMGE(BalanceMethod):
                 if g is None:
                     continue
                 if noisy and g.numel() > 1:
-                    if self.ge_touched_only:
-                        mask = g != 0
-                        touched = g[mask]
-                        std = touched.std() if touched.numel() > 1 else torch.zeros((), device=g.device, dtype=g.dtype)
-                        noise = torch.randn(g.shape, generator=self._generator(g.device), device=g.device,
-                                            dtype=g.dtype) * std * mask
-                    else:
-                        std = g.std()
-                        noise = torch.randn(g.shape, generator=self._generator(g.device), device=g.device,
-                                            dtype=g.dtype) * std
+                    noise = self._noise(g)  # from the un-modulated gradient
                     g.mul_(k).add_(noise)
                 elif k != 1.0:
                     g.mul_(k)
+
+    def _noise(self, g: torch.Tensor) -> torch.Tensor:
+        """GE noise for gradient ``g``: zero wherever ``g`` is zero (unless ``ge_touched_only=False``)."""
+        n = torch.randn(g.shape, generator=self._generator(g.device), device=g.device, dtype=g.dtype)
+        if not self.ge_touched_only:
+            return n * g.std()
+        mask = g != 0
+        touched = g[mask]
+        if touched.numel() < 2:  # no spread to take: no noise
+            return torch.zeros_like(g)
+        return n * touched.std() * mask
 
     def epoch_end(self, epoch: int, model) -> dict:
         steps = max(self._steps, 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import store
+from ..provenance import numbers_identity
 from ..backbones.base import Backbone
 
 #: Bump when teacher training changes in a way that alters stored representations.
@@ -51,8 +52,9 @@ def teacher_config(student_config, modality: str, dataset, overrides: dict | Non
 
 
 def teacher_key(config, dataset, modality: str) -> str:
+    """Like a result key: configuration, data, format and :func:`~ckdlab.provenance.numbers_identity`."""
     return store.entry_key(data=dataset.fingerprint, modality=modality, config=config.identity(),
-                           format=TEACHER_FORMAT)
+                           format=TEACHER_FORMAT, **numbers_identity(config.device))
 
 
 def teacher_path(config, dataset, modality: str, cache_dir: Path) -> Path:
@@ -104,6 +106,8 @@ def load_or_train_teacher(student_config, dataset, modality: str, cache_dir: Pat
                   "config": config.to_dict()}
         buffer = io.BytesIO()
         torch.save(stored, buffer)
-        store.write_blob(path, buffer.getvalue(), schema=TEACHER_SCHEMA, format=TEACHER_FORMAT)
+        meta = {**numbers_identity(config.device), "run": f"{config.backbone} {modality} teacher seed {config.seed}",
+                "dataset": dataset.name}
+        store.write_blob(path, buffer.getvalue(), schema=TEACHER_SCHEMA, format=TEACHER_FORMAT, meta=meta)
     return Teacher(modality, user_reps.detach(), item_reps.detach(), result.valid, result.test,
                    result.best_epoch, cached=False)
