@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job on the built-in synthetic data: train VBPR and print its result table,
-# then run the pilot-study notebook (Figure 1) into reports/synthetic/pilot.html.
+# then run the pilot-study notebook (Figure 1) into $(DEMO_OUT)/synthetic/pilot.html.
+# Everything it writes goes to $(DEMO_OUT)/ (ignored by git), so a first run leaves the clone clean;
+# the committed reports/ are rebuilt only by `make report`.
+DEMO_OUT ?= demo-output
 demo: $(STAMP)
-	$(BIN)/ckdlab train --data synthetic --backbone VBPR --set lr=0.005 --out reports/demo-result.json
-	$(BIN)/ckdlab report --data synthetic --notebooks pilot
+	$(BIN)/ckdlab train --data synthetic --backbone VBPR --set lr=0.005 --out $(DEMO_OUT)/demo-result.json
+	$(BIN)/ckdlab report --data synthetic --notebooks pilot --out $(DEMO_OUT)
+	@echo "demo outputs (not tracked by git): $(DEMO_OUT)/demo-result.json, $(DEMO_OUT)/synthetic/pilot.html (open $(DEMO_OUT)/index.html)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -41,4 +45,4 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info $(DEMO_OUT)

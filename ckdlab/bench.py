@@ -49,10 +49,10 @@ def _epoch_timer(dataset, model, inputs, method_name: str, method_params: dict, 
     """A function running one training epoch of ``model`` under a balancing method."""
     from .balance import TrainContext, build_method
     from .data import BPRSampler
-    from .train import train_epoch
+    from .train import train_epoch, training_runner
 
     method = build_method(method_name, **method_params)
-    method.setup(TrainContext(dataset, config, dev, cache_dir, inputs), model)
+    method.setup(TrainContext(dataset, config, dev, cache_dir, inputs, train_run=training_runner(cache_dir)), model)
     sampler = BPRSampler(method.training_matrix(dataset), seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 

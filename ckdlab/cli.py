@@ -1,4 +1,4 @@
-"""The ``ckdlab`` command line: train, data summary, report, cache, bench."""
+"""The ``ckdlab`` command line: train, tune, data summary, report, cache, bench."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,9 @@ def cmd_train(args) -> int:
     if args.epochs is not None:
         config = config.replace(max_epochs=args.epochs)
     config = config.with_settings(args.set or [])
-    dataset = load_dataset(args.data)
+    from .data import parse_normalize
+
+    dataset = load_dataset(args.data, normalize=parse_normalize(args.normalize))
     try:
         result = run(config, dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache)
     except TrainingInterrupted as exc:
@@ -47,7 +49,8 @@ def cmd_train(args) -> int:
         return 3
     summary = dataset.summary()
     print(f"{config.backbone} + {config.method} on {summary['name']} "
-          f"({summary['users']} users, {summary['items']} items, modalities {summary['modalities']})"
+          f"({summary['users']} users, {summary['items']} items, modalities {summary['modalities']}"
+          + (f", features normalised {summary['normalization']}" if summary.get("normalization") else "") + ")"
           + ("  [cached result]" if result.extras.get("cached") else ""))
     print(_metric_table(result))
     if args.out:
@@ -86,6 +89,17 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_check_backbone(args) -> int:
+    """Run the backbone contract (ckdlab.testing.check_backbone); exit 1 when a check fails."""
+    from .config import parse_setting
+    from .testing import check_backbone
+
+    params = dict(parse_setting(item, "--param") for item in args.param or [])
+    report = check_backbone(args.backbone, params=params, seed=args.seed)
+    print(report)
+    return 0 if report.ok else 1
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -104,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train and evaluate one backbone (+ balancing method)")
     train.add_argument("--data", default="synthetic", help="dataset folder (MMRec or LATTICE layout) or 'synthetic'")
-    train.add_argument("--backbone", default="VBPR", help="backbone name, case-insensitive")
+    train.add_argument("--backbone", default="VBPR",
+                       help="backbone name (case-insensitive; built-in or installed entry point), "
+                            "path/to/file.py:ClassName or module:ClassName")
     train.add_argument("--method", default="none", help="balancing method: none, ckd, gb, ogm")
     train.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--seed", type=int, default=0)
@@ -113,9 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a setting: lr=0.005, backbone.embedding_dim=32, method.lambda_kd=0.1")
     train.add_argument("--cache-dir", default=None, help="cache folder (default $CKDLAB_CACHE or ~/.cache/ckdlab)")
     train.add_argument("--no-cache", action="store_true", help="always train, do not read or write the result cache")
+    train.add_argument("--normalize", default=None, metavar="SPEC",
+                       help="feature normalisation: standardize, l2, or image=standardize,text=l2 (default: none)")
     train.add_argument("--out", default=None, help="write the result JSON here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    from .tune_cli import add_arguments as tune_arguments, cmd_tune
+
+    tune = sub.add_parser("tune", help="search hyperparameters on validation Recall@20 (Optuna), "
+                                       "then train the choice on the test seeds")
+    tune_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -139,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--dry-run", action="store_true", help="only say what would be removed")
         cmd.set_defaults(func=cmd_cache)
 
+    check = sub.add_parser("check-backbone", help="check that a backbone keeps the contract CKD, GB and OGM "
+                                                  "rely on (tiny synthetic data, one line per check)")
+    check.add_argument("backbone", help="name, path/to/file.py:ClassName or module:ClassName")
+    check.add_argument("--param", action="append", metavar="NAME=VALUE",
+                       help="constructor hyperparameter, e.g. embedding_dim=16")
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(func=cmd_check_backbone)
+
     bench = sub.add_parser("bench", help="measure training/evaluation speed and memory")
     bench.add_argument("--data", default=None, help="dataset (default: ../shared/data/tiktok if present, else synthetic)")
     bench.add_argument("--backbones", default=None, help="comma-separated backbone names (default: all six)")
@@ -155,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+    # LookupError, ImportError, FileNotFoundError: a --backbone spec that does not resolve
+    except (LookupError, ValueError, TypeError, RuntimeError, ImportError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

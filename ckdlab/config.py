@@ -30,7 +30,12 @@ class TrainConfig:
     Parameters
     ----------
     backbone : str
-        Registered backbone name, case-insensitive ("VBPR", "MGCN", "MF", "Pop", ...).
+        Registered backbone name, case-insensitive ("VBPR", "MGCN", "MF", "Pop", ...),
+        or a backbone of your own: ``"path/to/file.py:ClassName"``,
+        ``"module:ClassName"``, a name registered with ``@ckdlab.register_backbone``
+        or an installed ``ckdlab.backbones`` entry point (docs/backbones.md). Such
+        a plug-in is replaced by its registered name, and ``backbone_source`` /
+        ``backbone_sha256`` record where it came from and what its code was.
     method : str
         Balancing method: "none" (plain BPR), "ckd", "gb" or "ogm".
     max_epochs : int
@@ -68,6 +73,21 @@ class TrainConfig:
         Write a resumable checkpoint every this many epochs (0: only when
         interrupted by SIGINT/SIGTERM). Does not change the numbers, so it is
         not part of the cache key.
+    evaluate_test : bool
+        Score the test split at the end (default). False: the run never reads
+        the test split (``result.test`` and ``result.test_by_modality`` stay
+        empty, the dataset summary leaves the test split out): what a
+        hyperparameter search on validation uses (:mod:`ckdlab.tuning`).
+        Enters the cache key only when False, so keys of ordinary runs are unchanged.
+    backbone_source : str or None
+        Filled in for a plug-in backbone: ``"/abs/path/file.py:ClassName"`` or
+        ``"module:ClassName"``, what another process (a spawned grid worker)
+        loads the class from. Not part of the cache key (moving the file keeps
+        its results). None for a built-in.
+    backbone_sha256 : str or None
+        Derived, not set: sha256 of the plug-in's source file, part of the cache
+        key (editing the file invalidates its results). None for a built-in,
+        whose keys are unchanged from earlier versions.
     """
 
     backbone: str = "VBPR"
@@ -88,8 +108,12 @@ class TrainConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = None
     checkpoint_every: int = 5
+    evaluate_test: bool = True
+    backbone_source: str | None = None
+    backbone_sha256: str | None = field(default=None, init=False)
 
     def __post_init__(self):
+        self._resolve_backbone()
         self.ks = tuple(int(k) for k in self.ks)
         self.ablate = tuple(sorted(self.ablate))
         if self.select_metric not in {f"{m}@{k}" for m in ("recall", "ndcg", "precision") for k in self.ks}:
@@ -101,14 +125,36 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0 (0 disables periodic checkpoints), "
                              f"got {self.checkpoint_every}")
 
+    def _resolve_backbone(self) -> None:
+        """Load a plug-in backbone (file, module, entry point) and record its name, source and hash."""
+        from .backbones.specs import resolve_backbone  # imports torch: only when a config is made
+
+        resolved = resolve_backbone(self.backbone, self.backbone_source)
+        if not resolved.builtin:
+            self.backbone = resolved.name  # built-ins keep the spelling given: it is in their keys
+        self.backbone_source, self.backbone_sha256 = resolved.source, resolved.sha256
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["backbone_source"] is None:  # a built-in: the same dict as before plug-ins existed
+            del d["backbone_source"], d["backbone_sha256"]
+        return d
 
     def identity(self) -> dict:
-        """The fields that change the numbers (used for cache keys): not device, progress or checkpoint_every."""
+        """The fields that change the numbers (used for cache keys): not device, progress or checkpoint_every.
+
+        ``evaluate_test`` appears only when False (a run without test metrics is another entry).
+        """
         d = self.to_dict()
         for name in _NOT_IDENTITY:
             d.pop(name)
+        if d["evaluate_test"]:  # the default: keys of runs made before the field existed stay valid
+            d.pop("evaluate_test")
+        # a plug-in backbone is keyed by its name and backbone_sha256, not by where its file lies
+        if d.pop("backbone_source", None) is not None:
+            from .backbones.specs import check_current
+
+            check_current(self.backbone, self.backbone_source, self.backbone_sha256)
         return d
 
     def replace(self, **changes) -> "TrainConfig":
@@ -116,11 +162,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; a plug-in whose source no longer has the recorded hash is an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**data)
+        data = dict(data)
+        expected = data.pop("backbone_sha256", None)
+        config = cls(**data)
+        if expected is not None and config.backbone_source == data.get("backbone_source") \
+                and config.backbone_sha256 != expected:
+            raise ValueError(f"backbone {config.backbone!r}: {config.backbone_source} changed since this "
+                             f"configuration was made (source sha256 {expected[:12]}, now "
+                             f"{str(config.backbone_sha256)[:12]})")
+        return config
 
     def with_settings(self, settings: list[str]) -> "TrainConfig":
         """Apply ``name=value`` strings (CLI ``--set``).
@@ -141,4 +196,7 @@ class TrainConfig:
             else:
                 raise ValueError(f"unknown setting {name!r}; use a TrainConfig field "
                                  f"({', '.join(sorted(cfg))}) or backbone.NAME / method.NAME")
+        if cfg["backbone"] != self.backbone:  # another backbone: resolve it afresh
+            cfg.pop("backbone_source", None)
+            cfg.pop("backbone_sha256", None)
         return TrainConfig.from_dict(cfg)

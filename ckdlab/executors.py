@@ -5,12 +5,14 @@ runs them elsewhere and hands each outcome back as it completes.
 
 Why it looks the way it does:
 
-* The task, :func:`run_task`, is a module-level function whose arguments and
-  return value are plain data (a config dict, a :class:`DataSpec`, a path, an
-  int), so any executor can pickle it, including Dask's. It returns the Result
-  as a dict, and a diverged run as a failure record instead of raising
+* This module does not know what a run is: :func:`run_many` receives the task
+  (:func:`ckdlab.experiments.run_task`), a module-level function whose arguments
+  and return value are plain data (a config dict, a :class:`DataSpec`, a path,
+  an int), so any executor can pickle it, including Dask's. The task returns the
+  Result as a dict, and a diverged run as a failure record instead of raising
   :class:`~ckdlab.faults.TrainingDiverged` (whose keyword-only constructor does
-  not survive pickling).
+  not survive pickling). Keeping the task out of here keeps the import one-way:
+  experiments imports executors, never the reverse.
 * Workers reload the dataset from its source (a folder or ``"synthetic"``),
   once per process, rather than receiving a pickled copy with every task; the
   parent checks first that the source reproduces the dataset (same content
@@ -34,7 +36,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .faults import TrainingDiverged
 
 #: ``grid(executor=INLINE)``: train in this process, one run after the other.
 INLINE = "inline"
@@ -124,30 +125,6 @@ def worker_dataset(spec):
     return _WORKER_DATASETS[spec]
 
 
-# -- the task ---------------------------------------------------------------------------------------
-
-def run_task(config: dict, dataset, cache_dir: str, threads: int, use_cache: bool = True) -> dict:
-    """Train (or read from the cache) one configuration in a worker process.
-
-    Returns ``{"status": "ok", "result": Result.to_dict()}`` or, for a diverged
-    run, ``{"status": "failed", "failure": record}`` (see
-    :func:`ckdlab.experiments.failure_record`). Any other exception propagates.
-    """
-    import torch
-
-    from .config import TrainConfig
-    from .experiments import failure_record, run
-
-    torch.set_num_threads(int(threads))
-    data = worker_dataset(dataset)
-    cfg = TrainConfig.from_dict(config)
-    try:
-        result = run(cfg, data, cache_dir=cache_dir, use_cache=use_cache)
-    except TrainingDiverged as exc:
-        return {"status": "failed", "failure": failure_record(cfg, data, exc)}
-    return {"status": "ok", "result": result.to_dict()}
-
-
 # -- running many tasks -----------------------------------------------------------------------------
 
 def can_spawn() -> bool:
@@ -196,13 +173,17 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-def run_many(tasks: Sequence[tuple[int, object]], dataset, data, cache_dir, *, executor: Executor | None,
-             workers: int | None, use_cache: bool, on_done: Callable[[int, dict], None]) -> None:
-    """Run ``tasks`` (``(index, TrainConfig)`` pairs) and call ``on_done(index, outcome)`` as each completes.
+def run_many(task: Callable[..., dict], tasks: Sequence[tuple[int, object]], dataset, data, cache_dir, *,
+             executor: Executor | None, workers: int | None, use_cache: bool,
+             on_done: Callable[[int, dict], None]) -> None:
+    """Run ``task`` on each of ``tasks`` (``(index, TrainConfig)``); call ``on_done(index, outcome)`` as each completes.
+
+    ``task(config_dict, data_spec, cache_dir, threads, use_cache)`` runs in the
+    worker and returns plain data (:func:`ckdlab.experiments.run_task`).
 
     ``executor`` None: a local spawn process pool of ``workers`` processes
     (default :func:`default_workers`), shut down afterwards; any other Executor
-    is used as is and left running. ``outcome`` is :func:`run_task`'s dict.
+    is used as is and left running. ``outcome`` is ``task``'s dict.
     If a task raises, the tasks not yet started are cancelled and the error
     propagates; runs already finished are in the cache.
     """
@@ -218,7 +199,7 @@ def run_many(tasks: Sequence[tuple[int, object]], dataset, data, cache_dir, *, e
     else:
         pool_context = _borrowed(executor)
     with pool_context as pool:
-        futures = {pool.submit(run_task, config.to_dict(), spec, root, threads, use_cache): index
+        futures = {pool.submit(task, config.to_dict(), spec, root, threads, use_cache): index
                    for index, config in tasks}
         try:
             for future in as_completed(futures):

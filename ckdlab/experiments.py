@@ -16,6 +16,9 @@ Building blocks for the notebooks and reports:
     The pilot study of Figure 1: a multimodal model and one uni-modal model per modality.
 ``setup(threads=1)``
     Single-threaded torch (identical numbers run to run on CPU) and the plot style.
+
+Hyperparameter search (``ckdlab.tune`` / :func:`ckdlab.tuning.tune`) lives in
+its own module, which builds on this one (never the reverse).
 """
 from __future__ import annotations
 
@@ -58,11 +61,18 @@ ABLATION_VARIANTS: dict[str, dict] = {
 METHODS = ("none", "gb", "ogm", "ckd")
 
 
-def load_dataset(spec):
-    """A Dataset from a Dataset, a folder path, or ``"synthetic"``."""
-    from .data import Dataset, load
+def load_dataset(spec, normalize=None):
+    """A Dataset from a Dataset, a folder path, or ``"synthetic"``.
 
-    return spec if isinstance(spec, Dataset) else load(str(spec))
+    ``normalize`` (None, ``"standardize"``, ``"l2"`` or ``{modality: method}``) is
+    the loader's feature normalisation (:mod:`ckdlab.data.normalize`), applied to a
+    Dataset passed in as well; it is a property of the data, not of a TrainConfig.
+    """
+    from .data import Dataset, load, normalize_dataset
+
+    if isinstance(spec, Dataset):
+        return normalize_dataset(spec, normalize)
+    return load(str(spec), normalize=normalize)
 
 
 def result_key(config: TrainConfig, dataset) -> str:
@@ -132,7 +142,8 @@ def _plain_number(value):
         return str(value)
 
 
-def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: bool = True) -> Result:
+def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: bool = True,
+        on_evaluation=None) -> Result:
     """Train and evaluate one configuration, or read its cached Result.
 
     The cache key is a hash of every field of ``config`` that changes the
@@ -147,12 +158,15 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
     A run that diverges (:class:`~ckdlab.faults.TrainingDiverged`) is recorded
     (with ``use_cache``) in ``results/<key>.failed.json`` (see :func:`failure_record`) and the error
     re-raised; :func:`grid` reports such runs without retraining them.
+
+    ``on_evaluation(epoch, valid_metrics)`` is passed to :func:`~ckdlab.train.fit`
+    (called after each validation while training; a cached result calls nothing).
     """
     from .train import fit
 
     dataset = load_dataset(dataset)
     if not use_cache:
-        return fit(dataset, config, cache_dir=cache_dir)
+        return fit(dataset, config, cache_dir=cache_dir, on_evaluation=on_evaluation)
     path = result_path(config, dataset, cache_dir)
     result = read_result(path, quarantine_bad=False)  # fast path: renames are atomic, no lock needed
     if result is not None:
@@ -163,7 +177,7 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
             return result
         failed = failure_path(config, dataset, cache_dir)
         try:
-            result = fit(dataset, config, cache_dir=cache_dir)
+            result = fit(dataset, config, cache_dir=cache_dir, on_evaluation=on_evaluation)
         except TrainingDiverged as exc:
             store.write_json(failed, failure_record(config, dataset, exc), schema=FAILURE_SCHEMA,
                              format=RESULT_FORMAT, meta=entry_meta(config, dataset))
@@ -237,11 +251,12 @@ def _select(params: dict | None, key: str, keys: Iterable[str]) -> dict:
 def _select_backbone(params: dict | None, backbone: str) -> dict:
     params = dict(params or {})
     if params and all(isinstance(v, Mapping) for v in params.values()):
-        from .backbones import available
+        from .backbones import available, resolve_backbone
 
         names = {n.lower() for n in available()}
-        if {k.lower() for k in params} <= names:
-            return dict({k.lower(): v for k, v in params.items()}.get(backbone.lower(), {}))
+        name = resolve_backbone(backbone).name.lower()  # a plug-in spec ("file.py:Class") by its name
+        if {k.lower() for k in params} <= names | {name}:
+            return dict({k.lower(): v for k, v in params.items()}.get(name, {}))
     return params
 
 
@@ -567,8 +582,30 @@ def _train_missing(tasks, dataset, data, cache_dir, executor, workers, use_cache
     def decode(i: int, outcome: dict) -> None:
         done(i, Result.from_dict(outcome["result"]) if outcome["status"] == "ok" else outcome["failure"])
 
-    run_many(tasks, dataset, data, cache_dir, executor=executor, workers=workers, use_cache=use_cache,
+    run_many(run_task, tasks, dataset, data, cache_dir, executor=executor, workers=workers, use_cache=use_cache,
              on_done=decode)
+
+
+def run_task(config: dict, dataset, cache_dir: str, threads: int, use_cache: bool = True) -> dict:
+    """Train (or read from the cache) one configuration in a worker process: the task of :func:`grid`.
+
+    ``dataset`` is a :class:`~ckdlab.executors.DataSpec` or a Dataset. Returns
+    ``{"status": "ok", "result": Result.to_dict()}`` or, for a diverged run,
+    ``{"status": "failed", "failure": record}`` (see :func:`failure_record`).
+    Any other exception propagates.
+    """
+    import torch
+
+    from .executors import worker_dataset
+
+    torch.set_num_threads(int(threads))
+    data = worker_dataset(dataset)
+    cfg = TrainConfig.from_dict(config)
+    try:
+        result = run(cfg, data, cache_dir=cache_dir, use_cache=use_cache)
+    except TrainingDiverged as exc:
+        return {"status": "failed", "failure": failure_record(cfg, data, exc)}
+    return {"status": "ok", "result": result.to_dict()}
 
 
 def _warn_failed(rows: list[dict]) -> None:
@@ -636,3 +673,4 @@ def pilot(backbone: str = "VBPR", dataset="synthetic", seed: int = 0, max_epochs
     _, results = grid(configs, data, cache_dir, progress, use_cache=use_cache, return_results=True,
                       executor=executor, workers=workers)
     return results[0], dict(zip(unimodal, results[1:]))
+

@@ -3,7 +3,10 @@
 BPR with L2 regularisation and Adam; validation every ``eval_every`` epochs;
 early stopping on validation ``select_metric`` (paper: Recall@20, patience 10);
 the best weights restored; the test split scored once, at the best epoch,
-overall and per modality.
+overall and per modality (or never: ``TrainConfig.evaluate_test=False``, for
+searches on validation). ``fit(..., on_evaluation=fn)`` calls ``fn(epoch,
+valid_metrics)`` after every validation; ``fn`` may raise to stop the run
+(a pruner of :mod:`ckdlab.tuning`).
 
 Long runs survive interruption: every ``checkpoint_every`` epochs, and when
 SIGINT/SIGTERM arrives, the whole run state is written to a checkpoint
@@ -240,8 +243,10 @@ def run_name(config: TrainConfig) -> str:
 class _Trainer:
     """One run's state; ``fit`` is the public entry point."""
 
-    def __init__(self, dataset, config: TrainConfig, cache_dir=None, stop: _StopSignals | None = None):
+    def __init__(self, dataset, config: TrainConfig, cache_dir=None, stop: _StopSignals | None = None,
+                 on_evaluation=None):
         self.dataset, self.config = dataset, config
+        self.on_evaluation = on_evaluation
         self.name = run_name(config)
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
@@ -251,7 +256,8 @@ class _Trainer:
         self.train_data = self.method.training_data(dataset, config)
         self.model = build_backbone(config.backbone, self.train_data, **config.backbone_params).to(self.device)
         self.inputs = ModalityInputs.from_dataset(dataset, self.device).ablate(*config.ablate)
-        ctx = TrainContext(dataset, config, self.device, resolve_cache_dir(cache_dir), self.inputs)
+        ctx = TrainContext(dataset, config, self.device, resolve_cache_dir(cache_dir), self.inputs,
+                           train_run=training_runner(cache_dir))
         self.method.setup(ctx, self.model)
         # Re-seed after set-up so the student's randomness does not depend on whether
         # the method's set-up (e.g. teacher training) ran or was read from cache.
@@ -381,6 +387,8 @@ class _Trainer:
         else:
             s.bad += 1
             s.finished = s.bad >= cfg.patience
+        if self.on_evaluation is not None:
+            self.on_evaluation(epoch, valid)
 
     def _run_epoch(self, epoch: int, bar) -> None:
         cfg, s = self.config, self.state
@@ -411,6 +419,9 @@ class _Trainer:
 
     def run(self) -> Result:
         cfg, s = self.config, self.state
+        if self.on_evaluation is not None:  # evaluations restored from a checkpoint, so a pruner sees them all
+            for entry in s.history:
+                self.on_evaluation(entry["epoch"], entry["valid"])
         if self.optimizer is not None and not s.finished:
             self._train()
         if s.best_state is not None:
@@ -418,10 +429,11 @@ class _Trainer:
         t1 = time.perf_counter()
         valid, valid_by_modality = self._evaluate("valid")
         s.eval_times.append(time.perf_counter() - t1)
-        test, test_by_modality = self._evaluate("test")
+        test, test_by_modality = self._evaluate("test") if cfg.evaluate_test else ({}, {})
         self._poll()  # a stop requested during the final evaluation: resuming redoes only that
         return Result(
-            config=cfg.to_dict(), dataset=self.dataset.summary(), best_epoch=s.best_epoch, epochs_run=s.epoch - 1,
+            config=cfg.to_dict(), dataset=self.dataset.summary(include_test=cfg.evaluate_test),
+            best_epoch=s.best_epoch, epochs_run=s.epoch - 1,
             valid=valid, test=test, valid_by_modality=valid_by_modality, test_by_modality=test_by_modality,
             history=s.history,
             timing={"train_seconds_per_epoch": float(np.mean(s.train_times)) if s.train_times else 0.0,
@@ -433,9 +445,21 @@ class _Trainer:
         )
 
 
-def _start(dataset, config: TrainConfig, cache_dir, stop: _StopSignals, resume: bool) -> _Trainer:
+def training_runner(cache_dir=None):
+    """``train(dataset, config) -> (Result, model, inputs)`` with this trainer: how methods train helper models.
+
+    Handed to balancing methods in ``TrainContext.train_run`` (CKD's teachers are
+    runs of their own, checkpointed and resumable like any other).
+    """
+    def train(dataset, config):
+        return fit(dataset, config, cache_dir=cache_dir, return_model=True)
+    return train
+
+
+def _start(dataset, config: TrainConfig, cache_dir, stop: _StopSignals, resume: bool,
+           on_evaluation=None) -> _Trainer:
     """A trainer at the start of the run, or where the run's checkpoint left it."""
-    trainer = _Trainer(dataset, config, cache_dir, stop)
+    trainer = _Trainer(dataset, config, cache_dir, stop, on_evaluation)
     saved = load_checkpoint(trainer.checkpoint) if resume else None
     if saved is None:
         return trainer
@@ -444,7 +468,7 @@ def _start(dataset, config: TrainConfig, cache_dir, stop: _StopSignals, resume: 
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         # Verified bytes that do not fit this code (a changed backbone, say): stale, start afresh.
         set_aside(trainer.checkpoint, f"does not fit this run: {type(exc).__name__}: {exc}")
-        return _Trainer(dataset, config, cache_dir, stop)
+        return _Trainer(dataset, config, cache_dir, stop, on_evaluation)
     s = trainer.state
     print(f"{trainer.name}: resuming from epoch {s.epoch} step {s.progress.steps} ({trainer.checkpoint})",
           file=sys.stderr)
@@ -452,7 +476,7 @@ def _start(dataset, config: TrainConfig, cache_dir, stop: _StopSignals, resume: 
 
 
 def fit(dataset, config: TrainConfig | None = None, *, cache_dir=None, return_model: bool = False,
-        resume: bool = True, **overrides):
+        resume: bool = True, on_evaluation=None, **overrides):
     """Train ``config.backbone`` with ``config.method`` on ``dataset``.
 
     Parameters
@@ -468,6 +492,12 @@ def fit(dataset, config: TrainConfig | None = None, *, cache_dir=None, return_mo
     resume : bool
         Continue from this configuration's checkpoint when there is one (default);
         False starts afresh and overwrites it.
+    on_evaluation : callable, optional
+        ``on_evaluation(epoch, valid_metrics)`` after every validation evaluation
+        during training (and, for a run resumed from a checkpoint, first once for
+        each evaluation the checkpoint holds). An exception it raises stops the
+        run and propagates (the periodic checkpoint stays); optuna's pruning
+        raises ``TrialPruned`` this way. Not called for the final evaluation.
 
     Returns
     -------
@@ -484,7 +514,7 @@ def fit(dataset, config: TrainConfig | None = None, *, cache_dir=None, return_mo
     """
     config = (config or TrainConfig()).replace(**overrides)
     with _StopSignals() as stop:
-        trainer = _start(dataset, config, cache_dir, stop, resume)
+        trainer = _start(dataset, config, cache_dir, stop, resume, on_evaluation)
         result = trainer.run()
     discard_checkpoint(trainer.checkpoint)
     if return_model:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ckdlab.backbones import egogcn, mgcn  # noqa: F401  (registers the backbones)
-from ckdlab.backbones.base import build_backbone
+from ckdlab.backbones import build_backbone
 from ckdlab.graph import segment_softmax
 from ckdlab.knn import knn_graph, topk_cosine
 from ckdlab.modality import ModalityInputs

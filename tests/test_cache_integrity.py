@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import ckdlab.train
-from ckdlab import executors, store
+from ckdlab import store
 from ckdlab import experiments as ex
 from ckdlab.balance import teachers as teachers_module
 from ckdlab.config import TrainConfig
 from ckdlab.faults import CacheWarning, TrainingDiverged
 from ckdlab.result import Result
+from ckdlab.train import training_runner
 
 DIVERGING_LR = 1e30
 
@@ -145,29 +146,33 @@ def test_grid_treats_a_bad_entry_as_missing(tiny_dataset, tmp_path):
 def test_truncated_teacher_is_reported_and_retrained(tiny_dataset, tmp_path):
     student = cfg(method="ckd")
     cpu = torch.device("cpu")
-    first = teachers_module.load_or_train_teacher(student, tiny_dataset, "text", tmp_path, cpu, {"max_epochs": 1})
+    train = training_runner(tmp_path)
+    first = teachers_module.load_or_train_teacher(student, tiny_dataset, "text", tmp_path, cpu, {"max_epochs": 1},
+                                                  train_run=train)
     (path,) = (tmp_path / "teachers").glob("*.pt")
     assert path.read_bytes().startswith(b'{"format": 2')  # integrity header, then torch.save's bytes
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.warns(CacheWarning, match=f"{path}.*truncated"):
         again = teachers_module.load_or_train_teacher(student, tiny_dataset, "text", tmp_path, cpu,
-                                                      {"max_epochs": 1})
+                                                      {"max_epochs": 1}, train_run=training_runner(tmp_path))
     assert not again.cached and torch.equal(again.item_reps, first.item_reps)
     assert (path.parent / f"{path.name}.corrupt").is_file()
     assert teachers_module.load_or_train_teacher(student, tiny_dataset, "text", tmp_path, cpu,
-                                                 {"max_epochs": 1}).cached
+                                                 {"max_epochs": 1}, train_run=training_runner(tmp_path)).cached
 
 
 def test_teacher_that_torch_cannot_load_is_retrained(tiny_dataset, tmp_path):
     student = cfg(method="ckd")
     cpu = torch.device("cpu")
-    teachers_module.load_or_train_teacher(student, tiny_dataset, "image", tmp_path, cpu, {"max_epochs": 1})
+    train = training_runner(tmp_path)
+    teachers_module.load_or_train_teacher(student, tiny_dataset, "image", tmp_path, cpu, {"max_epochs": 1},
+                                          train_run=train)
     (path,) = (tmp_path / "teachers").glob("*.pt")
     store.write_blob(path, b"not a torch file", schema=teachers_module.TEACHER_SCHEMA,
                      format=teachers_module.TEACHER_FORMAT)  # checksum fine, content unreadable
     with pytest.warns(CacheWarning, match="torch.load failed"):
         again = teachers_module.load_or_train_teacher(student, tiny_dataset, "image", tmp_path, cpu,
-                                                      {"max_epochs": 1})
+                                                      {"max_epochs": 1}, train_run=training_runner(tmp_path))
     assert not again.cached
 
 
@@ -182,7 +187,7 @@ def test_concurrent_identical_runs_train_once_and_share_the_entry(tiny_dataset, 
         for f in warm:
             f.result()
         with store.locked(path):  # both start while the entry is locked: both must wait for it
-            futures = [pool.submit(executors.run_task, *args) for _ in range(2)]
+            futures = [pool.submit(ex.run_task, *args) for _ in range(2)]
             time.sleep(1.0)
             assert not path.exists()
         outcomes = [f.result(timeout=120) for f in futures]

@@ -13,7 +13,7 @@ from ckdlab.data import load
 from ckdlab.losses import (bpr_loss, hinge_distillation, kl_distillation, mse_distillation,
                            tempered_bce_distillation)
 from ckdlab.modality import ModalityInputs
-from ckdlab.train import fit
+from ckdlab.train import fit, training_runner
 
 from conftest import make_tiny_dataset
 
@@ -81,7 +81,8 @@ def setup_ckd(dataset, config, cache_dir):
     model = build_backbone(config.backbone, dataset)
     inputs = ModalityInputs.from_dataset(dataset)
     method = build_method("ckd", **config.method_params)
-    method.setup(TrainContext(dataset, config, torch.device("cpu"), cache_dir, inputs), model)
+    method.setup(TrainContext(dataset, config, torch.device("cpu"), cache_dir, inputs,
+                              train_run=training_runner(cache_dir)), model)
     return model, inputs, method
 
 
@@ -128,7 +129,8 @@ def test_teachers_see_only_their_modality(modality, tmp_path):
 
     def teacher_scores(dataset, folder):
         teacher = teachers_module.load_or_train_teacher(config, dataset, modality, tmp_path / folder,
-                                                        torch.device("cpu"), {"max_epochs": 2})
+                                                        torch.device("cpu"), {"max_epochs": 2},
+                                                        train_run=training_runner(tmp_path / folder))
         return _centered_scores(teacher)
 
     reference = teacher_scores(base, "base")
@@ -156,9 +158,9 @@ def test_teacher_cache_hit_on_second_run(small, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("teacher retrained despite the cache")
 
-    monkeypatch.setattr("ckdlab.train.fit", no_training)  # teachers import fit lazily from ckdlab.train
+    monkeypatch.setattr("ckdlab.train.fit", no_training)  # the runner calls ckdlab.train.fit when it trains
     second = teachers_module.load_or_train_teacher(cfg(), small, "text", tmp_path, torch.device("cpu"),
-                                                   {"max_epochs": 2})
+                                                   {"max_epochs": 2}, train_run=training_runner(tmp_path))
     assert second.cached
 
 

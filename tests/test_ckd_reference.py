@@ -29,6 +29,7 @@ from ckdlab.balance import Batch, TrainContext, build_method
 from ckdlab.balance.teachers import Teacher
 from ckdlab.config import TrainConfig
 from ckdlab.modality import ModalityInputs
+from ckdlab.train import training_runner
 
 from conftest import make_tiny_dataset
 
@@ -102,7 +103,8 @@ class Setting:
                             lambda config, dataset, modality, *args, **kwargs: self.teachers[modality])
         config = self.config(**params)
         method = build_method("ckd", **params)
-        method.setup(TrainContext(self.dataset, config, torch.device("cpu"), tmp_path, self.inputs), self.model)
+        method.setup(TrainContext(self.dataset, config, torch.device("cpu"), tmp_path, self.inputs,
+                                  train_run=training_runner(tmp_path)), self.model)
         return method
 
 

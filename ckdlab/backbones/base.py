@@ -1,4 +1,4 @@
-"""The single interface every recommender implements, and the name registry."""
+"""The single interface every recommender implements (the contract: docs/backbones.md)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -9,53 +9,29 @@ from torch import nn
 
 from ..modality import ModalityInputs
 
-_REGISTRY: dict[str, type["Backbone"]] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make a backbone constructible by (case-insensitive) name."""
-
-    def deco(cls: type) -> type:
-        key = name.lower()
-        if key in _REGISTRY and _REGISTRY[key] is not cls:
-            raise ValueError(f"backbone name {name!r} registered twice")
-        _REGISTRY[key] = cls
-        cls.name = name
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(cls.name for cls in _REGISTRY.values())
-
-
-def get_backbone_class(name: str) -> type["Backbone"]:
-    try:
-        return _REGISTRY[name.lower()]
-    except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(available())}") from None
-
-
-def build_backbone(name: str, dataset, **params) -> "Backbone":
-    """Construct backbone ``name`` for ``dataset`` with hyperparameters ``params``."""
-    cls = get_backbone_class(name)
-    try:
-        return cls(dataset, **params)
-    except TypeError as exc:
-        raise TypeError(f"bad parameters for backbone {cls.name}: {exc}") from None
-
 
 class Backbone(nn.Module):
     """Maps ``ModalityInputs`` to final user and item representations.
 
-    The score of (u, i) is the inner product of the two representations, so full
-    ranking is one matrix product. Subclasses implement :meth:`forward` and, when
-    they have modality-specific parameters, :meth:`modality_parameters`.
+    The contract every backbone keeps (checked by :func:`ckdlab.testing.check_backbone`;
+    the long form with a worked example is docs/backbones.md):
 
-    Subclasses receive the :class:`~ckdlab.data.Dataset` in the constructor to read
-    sizes, modality dimensions and the training graph; they must not keep the
-    features: features always arrive through ``ModalityInputs``.
+    * ``__init__(self, dataset, **hyperparameters)`` reads sizes, modality
+      dimensions and the training graph from the :class:`~ckdlab.data.Dataset`;
+      it must not keep the features: they always arrive through ``ModalityInputs``.
+    * :meth:`forward` returns float ``(n_users, D)`` and ``(n_items, D)`` tensors
+      on the inputs' device. The score of (u, i) is their inner product, so full
+      ranking is one matrix product; do not override :meth:`score_pairs` or
+      :meth:`score_margins` with anything else.
+    * Ablation is data: read item features as ``inputs[m]`` (the item mean when
+      ``m`` is ablated) and pass every user-side preference for ``m`` through
+      :meth:`mean_user_preference`, so an ablated modality depends neither on its
+      features nor on per-user preferences.
+    * :meth:`modality_parameters` lists the parameters that belong to each
+      modality, disjoint across modalities (Gradient Blending and OGM-GE need them).
+    * Work shared by the passes of one step goes through :meth:`memoised`
+      (valid inside :meth:`step_scope` only); nothing may be cached across steps.
+    * Same seed, same parameters and outputs.
     """
 
     name = "base"

@@ -15,7 +15,8 @@ from torch import nn
 from ..graph import EdgeList, joint_graph
 from ..modality import ModalityInputs
 from ._layers import l2_normalize
-from .base import Backbone, register
+from .base import Backbone
+from .registry import register
 
 
 def _gate_key(receiver: str, sender: str) -> str:

@@ -8,7 +8,8 @@ from torch import nn
 from ..graph import joint_graph, user_item_graph
 from ..modality import ModalityInputs
 from ._layers import embedding_l2, l2_normalize
-from .base import Backbone, register
+from .base import Backbone
+from .registry import register
 
 WEIGHT_MODES = ("max", "mean")
 EDGE_NORMS = ("sum", "none")

@@ -18,7 +18,8 @@ from torch import nn
 from ..graph import SparseMatrix, joint_graph, user_item_graph
 from ..knn import knn_graph
 from ..modality import ModalityInputs
-from .base import Backbone, register
+from .base import Backbone
+from .registry import register
 
 
 class _InfoNCE(torch.autograd.Function):

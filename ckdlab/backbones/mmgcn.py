@@ -9,7 +9,8 @@ from torch import nn
 from ..graph import SparseMatrix, joint_graph
 from ..modality import ModalityInputs
 from ._layers import embedding_l2, l2_normalize
-from .base import Backbone, register
+from .base import Backbone
+from .registry import register
 
 FUSIONS = ("mean", "concat")
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..modality import ModalityInputs
-from .base import Backbone, register
+from .base import Backbone
+from .registry import register
 
 
 @register("Pop")

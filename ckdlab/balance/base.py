@@ -57,13 +57,20 @@ class Batch:
 
 @dataclass
 class TrainContext:
-    """What a method may need at set-up: data, configuration, device and cache."""
+    """What a method may need at set-up: data, configuration, device, cache and a way to train.
+
+    ``train_run(dataset, config) -> (Result, model, inputs)`` trains a helper model
+    (CKD's teachers) with the same trainer as the run itself; the trainer hands it
+    over (:func:`ckdlab.train.training_runner`), so ``balance/`` never imports the
+    training loop that imports it.
+    """
 
     dataset: object
     config: object
     device: torch.device
     cache_dir: Path
     inputs: ModalityInputs
+    train_run: Callable | None = None
 
 
 def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float):

@@ -144,7 +144,11 @@ class CKD(BalanceMethod):
             raise ValueError(f"CKD needs at least two modalities; dataset {ctx.dataset.name!r} has {modalities}")
         if ctx.config.ablate:
             raise ValueError("CKD trains the full multimodal student: TrainConfig.ablate must be empty")
-        self.teachers = {m: load_or_train_teacher(ctx.config, ctx.dataset, m, ctx.cache_dir, ctx.device, self.teacher)
+        if ctx.train_run is None:
+            raise ValueError("CKD trains its teachers through TrainContext.train_run, which is missing "
+                             "(pass ckdlab.train.training_runner(cache_dir))")
+        self.teachers = {m: load_or_train_teacher(ctx.config, ctx.dataset, m, ctx.cache_dir, ctx.device, self.teacher,
+                                                  train_run=ctx.train_run)
                          for m in modalities}
         self._rng = np.random.default_rng(ctx.config.seed + 7)
         self._generic_n = self.generic_batch_size or ctx.config.batch_size

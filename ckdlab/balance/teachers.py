@@ -17,6 +17,7 @@ import torch
 from .. import store
 from ..provenance import numbers_identity
 from ..backbones.base import Backbone
+from ..evaluate import representations
 
 #: Bump when teacher training changes in a way that alters stored representations.
 #: 2: entries carry an integrity header (:func:`ckdlab.store.write_blob`).
@@ -80,16 +81,14 @@ def _read_teacher(path: Path, modality: str, device: torch.device, *, quarantine
 
 
 def load_or_train_teacher(student_config, dataset, modality: str, cache_dir: Path, device: torch.device,
-                          overrides: dict | None = None) -> Teacher:
+                          overrides: dict | None = None, *, train_run) -> Teacher:
     """The teacher of ``modality``: read from ``cache_dir/teachers`` or trained and stored there.
 
     Trained under the entry's lock (:func:`ckdlab.store.locked`), so students
     running in parallel that share a teacher train it once; a bad entry is
-    reported (``CacheWarning``), moved aside and retrained.
+    reported (``CacheWarning``), moved aside and retrained. ``train_run(dataset,
+    config) -> (Result, model, inputs)`` trains it (``TrainContext.train_run``).
     """
-    from ..evaluate import representations
-    from ..train import fit
-
     config = teacher_config(student_config, modality, dataset, overrides).replace(device=str(device))
     path = teacher_path(config, dataset, modality, cache_dir)
     teacher = _read_teacher(path, modality, device, quarantine_bad=False)  # fast path, no lock
@@ -99,7 +98,7 @@ def load_or_train_teacher(student_config, dataset, modality: str, cache_dir: Pat
         teacher = _read_teacher(path, modality, device, quarantine_bad=True)  # written while we waited?
         if teacher is not None:
             return teacher
-        result, model, inputs = fit(dataset, config, cache_dir=cache_dir, return_model=True)
+        result, model, inputs = train_run(dataset, config)
         user_reps, item_reps = representations(model, inputs)
         stored = {"user_reps": user_reps.detach().cpu(), "item_reps": item_reps.detach().cpu(),
                   "valid": result.valid, "test": result.test, "best_epoch": result.best_epoch,

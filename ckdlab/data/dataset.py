@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -32,6 +33,10 @@ class Dataset:
         Optional integer category per item (used by DeepStyle when present).
     notes : dict
         Facts the loader found worth reporting (duplicates removed, users excluded).
+    normalization : dict or None
+        ``{modality: "standardize" | "l2"}`` applied to the features by the loader
+        (:func:`ckdlab.data.normalize.normalize_dataset`); None when the features
+        are as read. Part of the fingerprint and the summary when set.
     """
 
     name: str
@@ -44,6 +49,7 @@ class Dataset:
     source: str = ""
     item_category: np.ndarray | None = None
     notes: dict = field(default_factory=dict)
+    normalization: dict | None = None
     _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -78,12 +84,17 @@ class Dataset:
         has_train = np.diff(self.train_matrix.indptr) > 0
         return users[has_train[users]]
 
-    def summary(self) -> dict:
-        """Plain-data description: sizes, density, modalities, exclusions."""
-        n_inter = {s: int(len(self.split(s))) for s in SPLITS}
-        excluded = {
-            s: int(len(np.unique(self.split(s)[:, 0])) - len(self.eval_users(s))) for s in ("valid", "test")
-        }
+    def summary(self, include_test: bool = True) -> dict:
+        """Plain-data description: sizes, density, modalities, exclusions.
+
+        ``include_test=False`` leaves the test split out (its size, evaluation
+        users and exclusions; density then counts train and valid): the summary
+        of a run that never reads the test split.
+        """
+        splits = SPLITS if include_test else tuple(s for s in SPLITS if s != "test")
+        evaluated = tuple(s for s in splits if s != "train")
+        n_inter = {s: int(len(self.split(s))) for s in splits}
+        excluded = {s: int(len(np.unique(self.split(s)[:, 0])) - len(self.eval_users(s))) for s in evaluated}
         total = sum(n_inter.values())
         return {
             "name": self.name,
@@ -93,10 +104,11 @@ class Dataset:
             "interactions": n_inter,
             "density": total / float(self.n_users * self.n_items),
             "modalities": {m: int(f.shape[1]) for m, f in self.features.items()},
-            "eval_users": {s: int(len(self.eval_users(s))) for s in ("valid", "test")},
+            "eval_users": {s: int(len(self.eval_users(s))) for s in evaluated},
             "excluded_eval_users": excluded,
             "has_item_category": self.item_category is not None,
             **({"notes": dict(self.notes)} if self.notes else {}),
+            **({"normalization": dict(self.normalization)} if self.normalization else {}),
         }
 
     @cached_property
@@ -112,4 +124,7 @@ class Dataset:
             h.update(np.ascontiguousarray(f, dtype=np.float32).tobytes())
         if self.item_category is not None:
             h.update(np.ascontiguousarray(self.item_category, dtype=np.int64).tobytes())
+        if self.normalization:  # only when set: fingerprints of unnormalised data stay as they were
+            h.update(b"normalization")
+            h.update(json.dumps(self.normalization, sort_keys=True).encode())
         return h.hexdigest()[:16]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .dataset import Dataset
 from .errors import DataError
+from .normalize import normalize_dataset
 from .readers import LATTICE_DIR, LATTICE_FILES, read_lattice, read_mmrec
 from .synthetic import generate_synthetic
 
@@ -36,7 +37,7 @@ def detect_layout(folder: str | Path) -> str:
     return "lattice" if is_lattice else "mmrec"
 
 
-def load(path_or_name: str | Path, layout: str | None = None, **kw) -> Dataset:
+def load(path_or_name: str | Path, layout: str | None = None, normalize=None, **kw) -> Dataset:
     """Load a dataset by name or folder.
 
     Parameters
@@ -46,6 +47,10 @@ def load(path_or_name: str | Path, layout: str | None = None, **kw) -> Dataset:
         MMRec or LATTICE layout (detected from its files).
     layout : {"mmrec", "lattice"}, optional
         Force a folder layout instead of detecting it.
+    normalize : None, "standardize", "l2" or dict, optional
+        Item-feature normalisation, for every modality or per modality
+        (``{"image": "standardize", "text": "l2"}``); see :mod:`ckdlab.data.normalize`.
+        Recorded in ``Dataset.normalization``, the fingerprint and ``summary()``.
     **kw
         For ``"synthetic"``: :class:`SyntheticConfig` field overrides
         (e.g. ``n_users=500, seed=3``). For folders: ``name=`` overrides the name.
@@ -60,10 +65,10 @@ def load(path_or_name: str | Path, layout: str | None = None, **kw) -> Dataset:
         When the folder is missing, of unknown layout, or its content invalid.
     """
     if isinstance(path_or_name, str) and path_or_name == SYNTHETIC:
-        return generate_synthetic(**kw)
+        return normalize_dataset(generate_synthetic(**kw), normalize)
     if layout is None:
         layout = detect_layout(path_or_name)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     reader = read_mmrec if layout == "mmrec" else read_lattice
-    return reader(path_or_name, **kw)
+    return normalize_dataset(reader(path_or_name, **kw), normalize)
