@@ -28,6 +28,7 @@ import datetime as _dt
 import html
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -186,16 +187,23 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
     return record
 
 
+#: Where Jupyter kernels keep a cell's code (named in warnings): ``/tmp/ipykernel_123/456.py:2``.
+_KERNEL_CELL_FILE = re.compile(r"(?:/[^\s/:]+)*/ipykernel_\d+/(\d+\.py)")
+
+
 def _relative_papermill_paths(ipynb: Path, name: str) -> None:
-    """Papermill records absolute input and output paths in the notebook's metadata: make them relative."""
+    """No machine paths in an executed notebook: papermill's input/output paths, kernel cell files."""
     import nbformat
 
     nb = nbformat.read(str(ipynb), as_version=4)
     meta = nb.metadata.get("papermill")
-    if meta is None:
-        return
-    meta["input_path"] = f"notebooks/{name}.ipynb"
-    meta["output_path"] = ipynb.name
+    if meta is not None:
+        meta["input_path"] = f"notebooks/{name}.ipynb"
+        meta["output_path"] = ipynb.name
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                output["text"] = _KERNEL_CELL_FILE.sub(r"<cell \1>", output["text"])
     nbformat.write(nb, str(ipynb))
 
 

@@ -56,19 +56,35 @@ def _canonical(name: str, table: dict) -> str:
                    f"(add it to ckdlab.search_space)")
 
 
+def backbone_space(backbone: str) -> tuple[str, dict[str, tuple]]:
+    """``(name, {backbone param: values})``: the table's entry, or a plug-in's own ``search_space``.
+
+    A backbone from outside the package (a name it registered, ``file.py:Class``,
+    ``module:Class``) gets the shared grids plus whatever its class declares in a
+    ``search_space = {"param": (values, ...)}`` attribute (nothing when absent).
+    """
+    for key in BACKBONE_SPACE:
+        if key.lower() == backbone.lower():
+            return key, BACKBONE_SPACE[key]
+    from .backbones import resolve_backbone  # only plug-ins need the class
+
+    resolved = resolve_backbone(backbone)
+    return resolved.name, dict(getattr(resolved.cls, "search_space", {}) or {})
+
+
 def search_space(backbone: str, method: str = "none", *, max_epochs: int | None = None) -> dict[str, tuple]:
     """``{parameter: values}`` searched for ``backbone`` with ``method``.
 
     ``max_epochs`` drops GB super-epochs longer than a trial (they would never
     re-estimate the weights). An untrained backbone's space is empty.
     """
-    b = _canonical(backbone, BACKBONE_SPACE)
+    b, own = backbone_space(backbone)
     m = _canonical(method, METHOD_SPACE)
     space: dict[str, tuple] = {}
     if b not in UNTRAINED:
         space["lr"] = LEARNING_RATES
         space["reg_weight"] = L2_WEIGHTS
-        space.update({f"backbone.{k}": v for k, v in BACKBONE_SPACE[b].items()})
+        space.update({f"backbone.{k}": tuple(v) for k, v in own.items()})
     space.update({f"method.{k}": v for k, v in METHOD_SPACE[m].items()})
     if max_epochs is not None and "method.super_epoch" in space:
         space["method.super_epoch"] = tuple(v for v in space["method.super_epoch"] if v <= max_epochs) or (1,)

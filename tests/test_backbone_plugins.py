@@ -237,3 +237,21 @@ def test_a_class_defined_in_a_notebook_cell_is_keyed_by_its_source_text():
     assert again.backbone_sha256 != config.backbone_sha256
     with pytest.raises(RuntimeError, match="changed since this configuration was made"):
         config.identity()
+
+
+# -- tuning a plug-in ---------------------------------------------------------------------------------------
+
+def test_ckdlab_tune_searches_a_file_backbone_with_ckd(tmp_path, capsys):
+    folder = write_mmrec(make_tiny_dataset(n_users=30, n_items=40), tmp_path / "tiny")
+    path = write_model(tmp_path / "x", "TuneNet")
+    out = tmp_path / "search.json"
+    assert main(["tune", "--data", str(folder), "--backbone", f"{path}:TuneNet", "--method", "ckd", "--trials", "2",
+                 "--epochs-budget", "1", "--seeds", "0", "--set", "batch_size=64", "--pruner", "none",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["spent"]["trials"] == 2 and saved["spent"]["complete"] == 2
+    (final,) = saved["final"]  # the chosen settings, scored on the test split once (seed 0)
+    assert final["seed"] == 0 and "recall@20" in final["test"]
+    entry = json.loads((tmp_path / "cache" / "results" / f"{final['key']}.json").read_text())["payload"]
+    assert entry["config"]["backbone"] == "TuneNet" and entry["config"]["backbone_sha256"] == sha256(path)
+    assert entry["config"]["method"] == "ckd"

@@ -207,3 +207,14 @@ def test_two_modalities_need_three_forwards_per_step(small, tmp_path):
     batch = Batch(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
     method.batch_loss(model, inputs, batch)
     assert sorted(map(sorted, seen)) == [[], ["image"], ["text"]]
+
+
+@pytest.mark.parametrize("names", [("image", "text"), ("audio", "image", "text")])
+def test_without_reweighting_weights_sum_as_eq18(names):
+    """Table 3's "w/o re-weight": equal weights summing to M - 1 (eq. 18's sum), not M."""
+    from ckdlab.balance.ckd import uniform_weights
+
+    lam = uniform_weights(names, "none")
+    assert len(set(lam.values())) == 1
+    assert sum(lam.values()) == pytest.approx(len(names) - 1)
+    assert uniform_weights(names, "ones") == {m: 1.0 for m in names}  # the older form, kept as an option

@@ -99,6 +99,7 @@ def test_report_executes_every_notebook_and_renders_html(first_report, tiny_fold
     for path in [folder / "report.json", out / "index.html", *folder.glob("*.ipynb"), *folder.glob("*.html")]:
         text = path.read_text()
         assert not [p for p in machine_paths if p in text], f"{path.name} names a machine path"
+        assert "/ipykernel_" not in text, f"{path.name} names a kernel's temporary cell file"
     index = (out / "index.html").read_text()
     assert all(f'href="tiny/{name}.html"' in index for name in report.NOTEBOOKS)
     status = {name: cache_status(nbformat.read(str(folder / f"{name}.ipynb"), as_version=4))
@@ -174,3 +175,19 @@ def test_every_notebook_runs_with_every_backbone(name, backbone, tiny_folder, pe
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     cached, total = cache_status(nb)
     assert total >= 1
+
+
+def test_executed_notebook_loses_its_machine_paths(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": "/home/me/ckdlab/notebooks/pilot.ipynb",
+                                "output_path": "/home/me/ckdlab/reports/tiktok/pilot.ipynb"}
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr",
+                                           text="/tmp/ipykernel_4711/123456.py:2: DataWarning: 5 users excluded\n")]
+    nb.cells.append(cell)
+    path = tmp_path / "pilot.ipynb"
+    nbformat.write(nb, str(path))
+    report._relative_papermill_paths(path, "pilot")
+    text = path.read_text()
+    assert "/home/me" not in text and "/tmp/ipykernel" not in text
+    assert "<cell 123456.py>:2: DataWarning" in text and '"input_path": "notebooks/pilot.ipynb"' in text
