@@ -120,6 +120,22 @@ def notebook_parameters(path: Path) -> dict:
     return {name: info.get("default") for name, info in pm.inspect_notebook(str(path)).items()}
 
 
+def code_version() -> dict:
+    """The code a report notebook ran: numbers-version and git commit (its runs' own provenance says more)."""
+    from .provenance import NUMBERS_VERSION, git_commit
+
+    return {"numbers_version": NUMBERS_VERSION, "git_commit": git_commit()}
+
+
+def code_label(code: dict | None) -> str:
+    """``numbers v2, 63865cc`` for the index; older records carry no code version."""
+    if not code:
+        return "numbers v1 (before provenance was recorded)"
+    commit = code.get("git_commit") or "no git checkout"
+    short = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "") if code.get("git_commit") else commit
+    return f"numbers v{code.get('numbers_version')}, {short}"
+
+
 def _portable(parameters: dict, out_dir: Path) -> dict:
     """Parameters without machine paths: the dataset folder relative to ``out_dir``, no cache folder.
 
@@ -171,7 +187,8 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
     parameters = _portable(parameters, out_dir)
     params = {k: v for k, v in {**parameters, "figures_dir": "."}.items() if k in declared}
     ignored = sorted(k for k in parameters if k not in declared and k != "figures_dir")
-    record = {"notebook": name, "parameters": params, "ignored_parameters": ignored, "ok": True, "error": None}
+    record = {"notebook": name, "parameters": params, "ignored_parameters": ignored, "ok": True, "error": None,
+              "code": code_version()}
     start = time.perf_counter()
     try:
         with _cache_env(cache_dir):
@@ -278,6 +295,7 @@ def build_index(root: str | Path = "reports") -> Path:
             shown = {k: v for k, v in rec.get("parameters", {}).items() if k not in ("dataset", "figures_dir")}
             params = html.escape(json.dumps(shown, indent=1, default=str))
             rows.append(f"<tr><td>{link}</td><td><a href=\"{folder.name}/{name}.ipynb\">ipynb</a></td>"
+                        f"<td>{html.escape(code_label(rec.get('code')))}</td>"
                         f"<td>{rec.get('seconds', '')} s</td><td>{status}</td>"
                         f"<td>{html.escape(str(rec.get('generated') or manifest.get('generated', '')))}</td>"
                         f"<td><details><summary>parameters</summary><pre>{params}</pre></details></td></tr>")
@@ -285,7 +303,7 @@ def build_index(root: str | Path = "reports") -> Path:
         sections.append(
             f"<h2>{html.escape(folder.name)}</h2>\n"
             f"<p>dataset: <code>{html.escape(str(manifest.get('dataset')))}</code></p>\n"
-            f"<table><tr><th>notebook</th><th></th><th>time</th><th>status</th><th>generated</th>"
+            f"<table><tr><th>notebook</th><th></th><th>code</th><th>time</th><th>status</th><th>generated</th>"
             f"<th>run sizes</th></tr>\n" + "\n".join(rows)
             + "</table>\n"
             + (f"<p>figures: {figures}</p>\n" if figures else ""))

@@ -100,8 +100,12 @@ def test_report_executes_every_notebook_and_renders_html(first_report, tiny_fold
         text = path.read_text()
         assert not [p for p in machine_paths if p in text], f"{path.name} names a machine path"
         assert "/ipykernel_" not in text, f"{path.name} names a kernel's temporary cell file"
+    from ckdlab.provenance import NUMBERS_VERSION
+
+    assert all(r["code"]["numbers_version"] == NUMBERS_VERSION for r in stored["notebooks"])
     index = (out / "index.html").read_text()
     assert all(f'href="tiny/{name}.html"' in index for name in report.NOTEBOOKS)
+    assert f"numbers v{NUMBERS_VERSION}" in index  # each notebook's code version is on the index
     status = {name: cache_status(nbformat.read(str(folder / f"{name}.ipynb"), as_version=4))
               for name in report.NOTEBOOKS}
     assert status["quickstart"] == (0, 2)  # the first notebook ran on an empty cache
