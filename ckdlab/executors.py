@@ -30,11 +30,14 @@ import multiprocessing
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .data import DataWarning
 
 
 #: ``grid(executor=INLINE)``: train in this process, one run after the other.
@@ -121,7 +124,9 @@ def worker_dataset(spec):
         return spec
     if spec not in _WORKER_DATASETS:
         _WORKER_DATASETS.clear()  # a worker serves one grid's dataset at a time; do not hoard memory
-        _WORKER_DATASETS[spec] = spec.load()
+        with warnings.catch_warnings():  # the parent loaded the same data and already showed its warnings
+            warnings.simplefilter("ignore", DataWarning)
+            _WORKER_DATASETS[spec] = spec.load()
     return _WORKER_DATASETS[spec]
 
 

@@ -204,8 +204,9 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
     return record
 
 
-#: Where Jupyter kernels keep a cell's code (named in warnings): ``/tmp/ipykernel_123/456.py:2``.
-_KERNEL_CELL_FILE = re.compile(r"(?:/[^\s/:]+)*/ipykernel_\d+/(\d+\.py)")
+#: An absolute path to a Python file in a warning (a kernel's cell file ``/tmp/ipykernel_123/456.py``,
+#: the interpreter's ``/root/.pyenv/.../process.py``): only the file name is kept.
+_PYTHON_FILE_PATH = re.compile(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+\.py)")
 
 
 def _relative_papermill_paths(ipynb: Path, name: str) -> None:
@@ -220,7 +221,7 @@ def _relative_papermill_paths(ipynb: Path, name: str) -> None:
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
-                output["text"] = _KERNEL_CELL_FILE.sub(r"<cell \1>", output["text"])
+                output["text"] = _PYTHON_FILE_PATH.sub(r"\1", output["text"])
     nbformat.write(nb, str(ipynb))
 
 
