@@ -160,7 +160,9 @@ def main(args) -> int:
     from .backbones import available
 
     names = args.backbones.split(",") if args.backbones else [b for b in DEFAULT_BACKBONES if b in available()]
-    report = run_bench(args.data, names, args.device, args.epochs, args.threads, not args.no_ckd)
+    from .threads import choose_threads
+
+    report = run_bench(args.data, names, args.device, args.epochs, choose_threads(args.threads), not args.no_ckd)
     print(format_table(report))
     if args.out:
         from .result import atomic_write_text

@@ -7,7 +7,7 @@ import signal
 import sys
 
 from .config import TrainConfig
-from .provenance import describe
+from .threads import ENV as THREADS_ENV
 
 
 def _metric_table(result) -> str:
@@ -21,6 +21,8 @@ def _metric_table(result) -> str:
     valid = result.valid.get("recall@20", float("nan"))
     lines.append(f"best epoch {result.best_epoch} of {result.epochs_run}; valid recall@20 {valid:.4f}; "
                  f"{result.timing.get('train_seconds_per_epoch', 0):.2f} s/epoch on {result.timing.get('device')}")
+    from .provenance import describe
+
     lines.append(describe(result.provenance))
     return "\n".join(lines)
 
@@ -30,14 +32,22 @@ def cmd_train(args) -> int:
     from .experiments import load_dataset, run
     from .faults import TrainingDiverged, TrainingInterrupted
 
+    from .data import parse_normalize
+    from .threads import use_threads
+    from .tuned import apply_tuned
+
+    use_threads(args.threads)
+    dataset = load_dataset(args.data, normalize=parse_normalize(args.normalize))
     config = TrainConfig(backbone=args.backbone, method=args.method, seed=args.seed, device=args.device,
                          progress=None if not args.quiet else False)
+    tuned = None
+    if not args.no_tuned:  # defaults < shipped tuned settings < --epochs / --set
+        config, tuned = apply_tuned(config, dataset)
+    if tuned is not None:
+        print(f"tuned settings {tuned.describe()}; --set overrides them, --no-tuned ignores them")
     if args.epochs is not None:
         config = config.replace(max_epochs=args.epochs)
     config = config.with_settings(args.set or [])
-    from .data import parse_normalize
-
-    dataset = load_dataset(args.data, normalize=parse_normalize(args.normalize))
     try:
         result = run(config, dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache)
     except TrainingInterrupted as exc:
@@ -56,6 +66,17 @@ def cmd_train(args) -> int:
     if args.out:
         result.to_json(args.out)
         print(f"result written to {args.out}")
+    return 0
+
+
+def cmd_tuned(args) -> int:
+    """``ckdlab tuned list``: the shipped tuned-settings table."""
+    from .tuned import TABLE_PATH, load_table, table_frame
+
+    table = load_table(args.table)
+    print(f"{len(table)} tuned setting(s) in {args.table or TABLE_PATH.name} (written by ckdlab tune --ship)")
+    if table:
+        print(table_frame(table).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -129,10 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a setting: lr=0.005, backbone.embedding_dim=32, method.lambda_kd=0.1")
     train.add_argument("--cache-dir", default=None, help="cache folder (default $CKDLAB_CACHE or ~/.cache/ckdlab)")
     train.add_argument("--no-cache", action="store_true", help="always train, do not read or write the result cache")
+    train.add_argument("--no-tuned", action="store_true",
+                       help="ignore the shipped tuned settings for this dataset (ckdlab tuned list shows them)")
     train.add_argument("--normalize", default=None, metavar="SPEC",
                        help="feature normalisation: standardize, l2, or image=standardize,text=l2 (default: none)")
     train.add_argument("--out", default=None, help="write the result JSON here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=int, default=None,
+                       help=f"torch CPU threads (default ${THREADS_ENV}, else every CPU this process may use)")
     train.set_defaults(func=cmd_train)
 
     from .tune_cli import add_arguments as tune_arguments, cmd_tune
@@ -141,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "then train the choice on the test seeds")
     tune_arguments(tune)
     tune.set_defaults(func=cmd_tune)
+
+    tuned = sub.add_parser("tuned", help="the shipped tuned settings (dataset x backbone x method)")
+    tuned_sub = tuned.add_subparsers(dest="tuned_command", required=True)
+    tuned_list = tuned_sub.add_parser("list", help="every entry: dataset, backbone, method, settings, origin")
+    tuned_list.add_argument("--table", default=None, help="a table file other than the shipped one")
+    tuned_list.set_defaults(func=cmd_tuned)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -177,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backbones", default=None, help="comma-separated backbone names (default: all six)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--epochs", type=int, default=2, help="timed training epochs per backbone")
-    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--threads", type=int, default=None,
+                       help=f"torch CPU threads (default ${THREADS_ENV}, else every CPU this process may use)")
     bench.add_argument("--no-ckd", action="store_true", help="skip the CKD epoch timing")
     bench.add_argument("--out", default=None, help="write the measurements as JSON here")
     bench.set_defaults(func=cmd_bench)
@@ -185,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .threads import yielding_openmp
+
+    yielding_openmp()  # before torch is imported: idle OpenMP threads yield their core (see ckdlab.threads)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

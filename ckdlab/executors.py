@@ -17,8 +17,11 @@ Why it looks the way it does:
   once per process, rather than receiving a pickled copy with every task; the
   parent checks first that the source reproduces the dataset (same content
   fingerprint and name) and ships the Dataset itself when it does not.
-* Each worker sets torch's intra-op threads to the parent's count, so every run
-  computes exactly what it would in-process (thread count changes float sums).
+* Each worker sets torch's intra-op threads by the thread policy
+  (:mod:`ckdlab.threads`): ``CKDLAB_THREADS`` when set, else one thread per run
+  and one run per CPU. ``experiments.setup(threads)`` sets ``CKDLAB_THREADS``, so
+  a notebook's grid and its in-process runs use the same count (the count is
+  part of every result's key: it changes float sums).
 * Each run goes through :func:`ckdlab.experiments.run`, which writes its own
   cache entry under a lock: a cluster on a shared filesystem shares one store.
 * The default local pool uses the ``spawn`` start method: forking a process
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataWarning
+from .threads import available_cpus, choose_threads
 
 
 #: ``grid(executor=INLINE)``: train in this process, one run after the other.
@@ -138,12 +142,9 @@ def can_spawn() -> bool:
     return path is None or os.path.exists(path)
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a container's share), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
+def grid_threads() -> int:
+    """Torch threads of each grid worker: ``CKDLAB_THREADS`` when set, else one (one run per core)."""
+    return choose_threads(concurrent_runs=available_cpus())
 
 
 def default_workers(n_tasks: int, threads: int) -> int:
@@ -192,11 +193,9 @@ def run_many(task: Callable[..., dict], tasks: Sequence[tuple[int, object]], dat
     If a task raises, the tasks not yet started are cancelled and the error
     propagates; runs already finished are in the cache.
     """
-    import torch
-
     from .cache import resolve_cache_dir
 
-    threads = torch.get_num_threads()
+    threads = grid_threads()
     spec = dataset_spec(dataset, data)
     root = str(resolve_cache_dir(cache_dir).resolve())  # workers may run elsewhere, with another cwd/env
     if executor is None:

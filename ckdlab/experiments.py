@@ -40,6 +40,7 @@ from .executors import INLINE
 from .faults import TrainingDiverged
 from .provenance import numbers_identity
 from .result import RESULT_SCHEMA, Result
+from .threads import ENV as THREADS_ENV
 
 #: Bump when a change alters the numbers a cached result would hold (or how entries are stored).
 #: 2: entries carry an integrity envelope (:func:`ckdlab.store.write_json`).
@@ -191,7 +192,8 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
 # -- session set-up ----------------------------------------------------------------------------
 
 def setup(threads: int | None = 1, plot_style: bool = True) -> None:
-    """Notebook/report set-up: ``torch.set_num_threads(threads)`` and the paper plot style.
+    """Notebook/report set-up: ``torch.set_num_threads(threads)`` (also for grid workers, through
+    ``CKDLAB_THREADS``) and the paper plot style.
 
     One thread gives identical numbers run to run on CPU (the notebooks' checked
     outputs rely on it) and does not oversubscribe a shared machine. ``None``
@@ -203,6 +205,7 @@ def setup(threads: int | None = 1, plot_style: bool = True) -> None:
 
     if threads:
         torch.set_num_threads(int(threads))
+        os.environ[THREADS_ENV] = str(int(threads))  # grid workers (and their children) use the same count
     # tqdm.auto without ipywidgets falls back to text bars (fine) but warns on every import
     warnings.filterwarnings("ignore", message="IProgress not found")
     if plot_style:

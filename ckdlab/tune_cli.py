@@ -43,9 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="fixed setting of every trial (batch_size=1024, patience=5, backbone.n_layers=3); "
                              "a searched parameter set here is no longer searched")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per trial (default $CKDLAB_THREADS, else 1: run one search "
+                             "process per core on the same study)")
     parser.add_argument("--cache-dir", default=None, help=CACHE_HELP)
     parser.add_argument("--out", default=None, help="write the search as JSON here (default <cache>/studies/<study>.json)")
     parser.add_argument("--no-final", action="store_true", help="search only; do not train the choice on the test seeds")
+    parser.add_argument("--ship", nargs="?", const="", default=None, metavar="TABLE",
+                        help="record the chosen settings in the tuned-settings table (default: the one the package "
+                             "ships), so ckdlab train, the notebooks and reports use them on this dataset")
     parser.add_argument("--show-space", action="store_true", help="print the search space and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -79,6 +85,9 @@ def cmd_tune(args) -> int:
     from .studies import study_path
     from .tuning import comparison_frame, tune
 
+    from .threads import available_cpus, use_threads
+
+    use_threads(args.threads, concurrent_runs=available_cpus())  # one thread per trial unless told
     base = TrainConfig().with_settings(args.set or [])
     data = load_dataset(args.data, normalize=parse_normalize(args.normalize))
     results = {}
@@ -97,6 +106,11 @@ def cmd_tune(args) -> int:
         out = Path(args.out) if args.out else study_path(result.study_name, args.cache_dir).with_suffix(".json")
         print(f"search written to {result.to_json(out)}")
         print(f"dashboard: optuna-dashboard {result.storage}\n")
+        if args.ship is not None:
+            from .tuned import entry_from_search, record
+
+            entry = entry_from_search(result, data)
+            print(f"shipped {entry.describe()} to {record(entry, args.ship or None)}\n")
         results[method] = result
     if len(results) > 1:
         print(f"{args.backbone} on {data.name}: every method with the same budget")

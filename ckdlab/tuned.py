@@ -1,0 +1,153 @@
+"""Tuned settings the package ships: (dataset, backbone, method) -> settings chosen by ``ckdlab tune``.
+
+The table lives next to this module (``tuned_settings.json``). Each entry names
+the dataset by name *and* content fingerprint (so it applies only to the same
+data, normalisation included), the backbone and the method, the settings the
+search chose on validation Recall@20 (``lr``, ``reg_weight``, ``backbone.NAME``,
+``method.NAME``, and the epoch cap the search used), and where they came from
+(study, budget, validation score, numbers-version, commit).
+
+Precedence when a run is configured: package defaults < tuned entry < what
+the caller sets explicitly (``--set``, ``--epochs``, keyword arguments).
+``ckdlab train --no-tuned`` (``tuned=False`` in Python) ignores the table.
+Entries are written by ``ckdlab tune ... --ship`` (or :func:`record`); a
+search never reads the test split, so neither does an entry.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig
+
+#: The shipped table (package data).
+TABLE_PATH = Path(__file__).with_name("tuned_settings.json")
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TunedEntry:
+    """One row of the table: settings for ``backbone`` + ``method`` on the dataset with ``fingerprint``."""
+
+    dataset: str
+    fingerprint: str
+    backbone: str
+    method: str
+    settings: dict
+    source: dict = field(default_factory=dict)
+
+    def matches(self, fingerprint: str, backbone: str, method: str) -> bool:
+        return (self.fingerprint == fingerprint and self.backbone.lower() == backbone.lower()
+                and self.method.lower() == method.lower())
+
+    def describe(self) -> str:
+        """``tiktok/VBPR/ckd: lr=0.005, ... (study S: 20 trials x <= 30 epochs, valid recall@20 0.0612)``."""
+        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.settings.items())
+        s = self.source
+        score = s.get("valid_recall@20")
+        origin = (f"study {s['study']}: {s.get('trials')} trials x <= {s.get('epochs_per_trial')} epochs"
+                  + (f", valid recall@20 {score:.4f}" if score is not None else "")) if "study" in s \
+            else "origin not recorded"
+        return f"{self.dataset}/{self.backbone}/{self.method}: {shown} ({origin})"
+
+
+def load_table(path=None) -> list[TunedEntry]:
+    """Every entry of the table at ``path`` (default the shipped one); an absent file is an empty table."""
+    path = Path(path) if path is not None else TABLE_PATH
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+        return [TunedEntry(**row) for row in data["entries"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a tuned-settings table ({exc})") from exc
+
+
+def lookup(dataset, backbone: str, method: str = "none", table=None) -> TunedEntry | None:
+    """The entry for ``dataset`` (matched by fingerprint), ``backbone`` and ``method``, or None."""
+    entries = load_table() if table is None else table
+    fingerprint = dataset.fingerprint
+    return next((e for e in entries if e.matches(fingerprint, backbone, method)), None)
+
+
+def settings_config(base: TrainConfig, settings: dict) -> TrainConfig:
+    """``base`` with a settings dict (``lr``, ``max_epochs``, ``backbone.NAME``, ``method.NAME``) applied."""
+    from .search_space import apply_params
+
+    return apply_params(base, settings)
+
+
+def apply_tuned(config: TrainConfig, dataset, *, table=None) -> tuple[TrainConfig, TunedEntry | None]:
+    """``config`` with the matching entry's settings applied (or unchanged, None, when there is none).
+
+    Apply it to a config built from defaults, *before* the caller's explicit settings.
+    """
+    entry = lookup(dataset, config.backbone, config.method, table)
+    return (config, None) if entry is None else (settings_config(config, entry.settings), entry)
+
+
+#: Fields a search sets for its own bookkeeping; they do not change what a model learns.
+_BOOKKEEPING = ("backbone", "method", "seed", "device", "progress", "evaluate_test", "eval_by_modality",
+                "select_metric", "backbone_source", "backbone_sha256", "checkpoint_every")
+
+
+def changed_settings(config: TrainConfig) -> dict:
+    """What ``config`` sets differently from the defaults, as settings (``lr``, ``backbone.X``, ``method.X``)."""
+    defaults = TrainConfig(backbone=config.backbone, method=config.method).to_dict()
+    out = {}
+    for name, value in config.to_dict().items():
+        if name in _BOOKKEEPING:
+            continue
+        if name in ("backbone_params", "method_params"):
+            prefix = name.split("_")[0]
+            out.update({f"{prefix}.{k}": v for k, v in value.items() if defaults[name].get(k) != v})
+        elif value != defaults[name]:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def entry_from_search(result, dataset) -> TunedEntry:
+    """The entry a finished search ships: every setting its chosen trial ran with that is not a default
+    (the searched ones, the epoch caps, fixed ``--set`` values), so ``ckdlab train`` reproduces its final run."""
+    if result.best is None:
+        raise ValueError(f"study {result.study_name} has no completed trial: nothing to ship")
+    chosen = TrainConfig.from_dict(result.best["config"])
+    settings = changed_settings(chosen)
+    from .provenance import NUMBERS_VERSION, git_commit
+
+    source = {"study": result.study_name, "trials": result.budget["trials"],
+              "epochs_per_trial": result.budget["epochs_per_trial"], "sampler": result.budget["sampler"],
+              "pruner": result.budget["pruner"], "seed": result.budget["seed"],
+              "trials_spent": result.spent["trials"], "epochs_spent": result.spent["epochs"],
+              "valid_recall@20": float(result.best["value"]), "numbers_version": NUMBERS_VERSION,
+              "commit": git_commit()}
+    return TunedEntry(dataset.name, dataset.fingerprint, chosen.backbone, chosen.method, settings, source)
+
+
+def record(entry: TunedEntry, path=None) -> Path:
+    """Add ``entry`` to the table at ``path`` (default the shipped one), replacing the same
+    dataset/backbone/method; written atomically, rows sorted."""
+    from .store import atomic_write_text
+
+    path = Path(path) if path is not None else TABLE_PATH
+    rows = [e for e in load_table(path) if not e.matches(entry.fingerprint, entry.backbone, entry.method)]
+    rows.append(entry)
+    rows.sort(key=lambda e: (e.dataset, e.fingerprint, e.backbone.lower(), e.method))
+    atomic_write_text(path, json.dumps({"format": FORMAT, "entries": [asdict(e) for e in rows]}, indent=1) + "\n")
+    return path
+
+
+def table_frame(table=None):
+    """The table as a DataFrame (one row per entry, settings as text) for ``ckdlab tuned`` and the README."""
+    import pandas as pd
+
+    rows = [{"dataset": e.dataset, "backbone": e.backbone, "method": e.method,
+             "settings": ", ".join(f"{k}={json.dumps(v)}" for k, v in e.settings.items()),
+             "valid_recall@20": e.source.get("valid_recall@20"), "study": e.source.get("study", ""),
+             "commit": e.source.get("commit", "")}
+            for e in (load_table() if table is None else table)]
+    return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "settings", "valid_recall@20", "study",
+                                       "commit"])

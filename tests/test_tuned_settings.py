@@ -1,0 +1,124 @@
+"""The shipped tuned-settings table (ckdlab.tuned): lookup by fingerprint, precedence, ``tune --ship``, CLI."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import write_mmrec  # noqa: E402
+
+from ckdlab import tuned  # noqa: E402
+from ckdlab.config import TrainConfig  # noqa: E402
+from ckdlab.data import load, normalize_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load("synthetic", n_users=120, n_items=100)
+
+
+def entry(data, backbone="VBPR", method="none", **settings):
+    return tuned.TunedEntry(data.name, data.fingerprint, backbone, method,
+                            settings or {"lr": 0.005, "reg_weight": 0.01, "max_epochs": 7}, {"study": "s"})
+
+
+def test_the_shipped_table_loads_and_names_real_fingerprints():
+    table = tuned.load_table()
+    for e in table:
+        assert len(e.fingerprint) >= 12 and e.settings and e.source.get("study")
+        assert e.source.get("numbers_version") is not None and e.source.get("commit")
+        assert "trials" in e.source and "valid_recall@20" in e.source  # where it came from
+    keys = [(e.fingerprint, e.backbone.lower(), e.method) for e in table]
+    assert len(keys) == len(set(keys))
+
+
+def test_lookup_matches_fingerprint_backbone_and_method_only(small, tmp_path):
+    path = tuned.record(entry(small), tmp_path / "t.json")
+    table = tuned.load_table(path)
+    assert tuned.lookup(small, "vbpr", "none", table) is not None  # backbone case-insensitive
+    assert tuned.lookup(small, "VBPR", "ckd", table) is None
+    assert tuned.lookup(small, "MGCN", "none", table) is None
+    other = normalize_dataset(small, "standardize")  # same name, other content: no match
+    assert other.name == small.name and other.fingerprint != small.fingerprint
+    assert tuned.lookup(other, "VBPR", "none", table) is None
+
+
+def test_apply_tuned_sets_fields_backbone_and_method_params(small):
+    table = [entry(small, "MGCN", "ckd", lr=0.005, reg_weight=0.001, max_epochs=9, **{
+        "backbone.knn_k": 5, "method.lambda_kd": 0.1, "method.teacher": {"max_epochs": 9}})]
+    cfg, found = tuned.apply_tuned(TrainConfig(backbone="MGCN", method="ckd"), small, table=table)
+    assert found is table[0]
+    assert (cfg.lr, cfg.reg_weight, cfg.max_epochs) == (0.005, 0.001, 9)
+    assert cfg.backbone_params == {"knn_k": 5}
+    assert cfg.method_params == {"lambda_kd": 0.1, "teacher": {"max_epochs": 9}}
+    same, none = tuned.apply_tuned(TrainConfig(backbone="VBPR"), small, table=table)
+    assert none is None and same == TrainConfig(backbone="VBPR")
+
+
+def test_record_replaces_the_same_row_and_keeps_others(small, tmp_path):
+    path = tmp_path / "t.json"
+    tuned.record(entry(small), path)
+    tuned.record(entry(small, method="ckd"), path)
+    tuned.record(entry(small, lr=0.001), path)
+    table = tuned.load_table(path)
+    assert [(e.method, e.settings.get("lr")) for e in table] == [("ckd", 0.005), ("none", 0.001)]
+
+
+def test_a_damaged_table_is_a_clear_error(tmp_path):
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({"format": 99, "entries": []}))
+    with pytest.raises(ValueError, match="t.json: not a tuned-settings table"):
+        tuned.load_table(bad)
+
+
+def test_cli_train_uses_tuned_settings_and_flags_override_them(small, tmp_path, monkeypatch, capsys):
+    from ckdlab import cli
+
+    folder = write_mmrec(small, tmp_path / "small")
+    data = load(str(folder))
+    table = tmp_path / "t.json"
+    tuned.record(entry(data, lr=0.004, reg_weight=0.002, max_epochs=2), table)
+    monkeypatch.setattr(tuned, "TABLE_PATH", table)
+    seen = []
+    monkeypatch.setattr("ckdlab.experiments.run", lambda cfg, ds, **kw: seen.append(cfg) or _stop())
+    common = ["train", "--data", str(folder), "--backbone", "VBPR", "--quiet"]
+    for extra in ([], ["--set", "lr=0.003", "--epochs", "4"], ["--no-tuned"]):
+        with pytest.raises(_Stop):
+            cli.main(common + extra)
+    assert [(c.lr, c.reg_weight, c.max_epochs) for c in seen] == [
+        (0.004, 0.002, 2), (0.003, 0.002, 4), (TrainConfig.lr, TrainConfig.reg_weight, TrainConfig.max_epochs)]
+    out = capsys.readouterr().out
+    assert out.count("tuned settings") == 2 and "study s" in out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop():
+    raise _Stop
+
+
+def test_tune_ship_records_the_choice_and_train_reproduces_its_final_run(small, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("optuna")
+    from ckdlab import cli
+
+    folder = write_mmrec(small, tmp_path / "small")
+    table = tmp_path / "t.json"
+    cache = str(tmp_path / "cache")
+    assert cli.main(["tune", "--data", str(folder), "--backbone", "VBPR", "--method", "none", "--trials", "2",
+                     "--epochs-budget", "2", "--set", "batch_size=512", "--cache-dir", cache, "--quiet",
+                     "--ship", str(table)]) == 0
+    out = capsys.readouterr().out
+    [shipped] = tuned.load_table(table)
+    final_test = float(out.split("final seed 0: test recall@20 ")[1].split(",")[0])
+    assert shipped.settings["max_epochs"] == 2 and shipped.settings["batch_size"] == 512  # a fixed --set too
+    assert {"lr", "reg_weight"} <= set(shipped.settings) and "evaluate_test" not in shipped.settings
+    monkeypatch.setattr(tuned, "TABLE_PATH", table)
+    result_json = tmp_path / "r.json"
+    assert cli.main(["train", "--data", str(folder), "--backbone", "VBPR", "--cache-dir", cache,
+                     "--quiet", "--out", str(result_json)]) == 0
+    assert json.loads(result_json.read_text())["test"]["recall@20"] == pytest.approx(final_test, abs=5e-5)
