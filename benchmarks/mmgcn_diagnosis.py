@@ -37,6 +37,7 @@ from scipy.stats import spearmanr
 
 from ckdlab.backbones import build_backbone
 from ckdlab.backbones._layers import l2_normalize
+from ckdlab.backbones.base import Backbone
 from ckdlab.balance.base import Batch, backbone_step
 from ckdlab.data.samplers import BPRSampler
 from ckdlab.evaluate import rank_metrics
@@ -94,6 +95,8 @@ VARIANTS = {
     "lr1e-3": ({}, {"lr": 1e-3}, None),
     "reg1e-4": ({}, {"reg_weight": 1e-4}, None),
     "reg0": ({}, {"reg_weight": 0.0}, None),
+    "reg_final": ({}, {}, "reg_final"),           # L2 of the final representations (Backbone default)
+    "standardize": ({}, {"normalize": "standardize"}, None),  # data: features standardised per column
 }
 
 
@@ -114,6 +117,8 @@ def apply_patch(model, patch):
             b.opts["has_id"] = False
     if patch == "released_reg":
         model.regularization = types.MethodType(released_regularization, model)
+    if patch == "reg_final":
+        model.regularization = types.MethodType(Backbone.regularization, model)
 
 
 # -- diagnostics ------------------------------------------------------------------------------------
@@ -188,6 +193,8 @@ def fmt(v):
 def run_variant(name, data, epochs, seed, lr, reg_weight, batch_size):
     kwargs, cfg_over, patch = VARIANTS[name]
     lr, reg_weight = cfg_over.get("lr", lr), cfg_over.get("reg_weight", reg_weight)
+    if "normalize" in cfg_over:
+        data = load_dataset(data, normalize=cfg_over["normalize"])
     seed_everything(seed)
     model = build_backbone("MMGCN", data, **kwargs)
     inputs = ModalityInputs.from_dataset(data, "cpu")

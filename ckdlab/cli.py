@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None,
                        help=f"torch CPU threads (default ${THREADS_ENV}, else every CPU this process may use)")
     bench.add_argument("--no-ckd", action="store_true", help="skip the CKD epoch timing")
+    bench.add_argument("--against", default=None, metavar="REV",
+                       help="also benchmark git revision REV (checked out to a temporary worktree), alternating "
+                            "with this tree; prints the speed-ups")
+    bench.add_argument("--load", type=int, default=0, metavar="N",
+                       help="also measure each epoch with N CPU-bound neighbour processes running (slowdown ratio)")
+    bench.add_argument("--rounds", type=int, default=1,
+                       help="measurements per side, alternating; the fastest is kept (at least 2 with --against/--load)")
     bench.add_argument("--out", default=None, help="write the measurements as JSON here")
     bench.set_defaults(func=cmd_bench)
     return parser

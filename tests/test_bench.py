@@ -31,3 +31,31 @@ def test_bench_without_ckd_leaves_the_ratio_empty(tmp_path):
     report = bench.run_bench(str(folder), ["DeepStyle"], "cpu", epochs=1, threads=1, ckd=False)
     (row,) = report["rows"]
     assert math.isnan(row["ckd_over_plain"]) and row["epoch_seconds"] > 0
+
+
+def test_bench_against_a_revision_and_under_load(tmp_path, capsys):
+    """--against REV benchmarks another checkout in the same run; --load N adds CPU-bound neighbours."""
+    import subprocess
+
+    folder = write_mmrec(make_tiny_dataset(n_users=30, n_items=40), tmp_path / "tiny")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=bench.PACKAGE_ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    report = bench.run_bench(str(folder), ["VBPR"], "cpu", epochs=1, threads=1, ckd=False, against="HEAD", load=1)
+    (row,) = report["rows"]
+    assert report["against"] == head and report["rounds"] == 2 and report["data"] == "tiny"
+    assert row["epoch_speedup"] == row["against"]["epoch_seconds"] / row["epoch_seconds"]
+    assert row["load_slowdown"] == row["loaded_epoch_seconds"] / row["epoch_seconds"] > 0
+    assert row["step_over_floor"] == row["step_seconds"] / row["floor_step_seconds"] > 0
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=bench.PACKAGE_ROOT, capture_output=True,
+                               text=True).stdout
+    assert "ckdlab-bench-" not in worktrees  # the temporary checkout is gone
+    print(bench.format_table(report))
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_bench_against_an_unknown_revision_is_a_clear_error(tmp_path):
+    import pytest
+
+    folder = write_mmrec(make_tiny_dataset(n_users=30, n_items=40), tmp_path / "tiny")
+    with pytest.raises(RuntimeError, match="git rev-parse"):
+        bench.run_bench(str(folder), ["VBPR"], "cpu", epochs=1, threads=1, ckd=False, against="no-such-rev")
