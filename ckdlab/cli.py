@@ -34,15 +34,14 @@ def cmd_train(args) -> int:
 
     from .data import parse_normalize
     from .threads import use_threads
-    from .tuned import apply_tuned
+    from .tuned import resolve
 
     use_threads(args.threads)
-    dataset = load_dataset(args.data, normalize=parse_normalize(args.normalize))
     config = TrainConfig(backbone=args.backbone, method=args.method, seed=args.seed, device=args.device,
                          progress=None if not args.quiet else False)
-    tuned = None
-    if not args.no_tuned:  # defaults < shipped tuned settings < --epochs / --set
-        config, tuned = apply_tuned(config, dataset)
+    # defaults < shipped tuned settings (and their normalisation) < --normalize / --epochs / --set
+    dataset, config, tuned = resolve(load_dataset(args.data), config, args.normalize is not None,
+                                     parse_normalize(args.normalize), use_table=not args.no_tuned)
     if tuned is not None:
         print(f"tuned settings {tuned.describe()}; --set overrides them, --no-tuned ignores them")
     if args.epochs is not None:
@@ -153,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-tuned", action="store_true",
                        help="ignore the shipped tuned settings for this dataset (ckdlab tuned list shows them)")
     train.add_argument("--normalize", default=None, metavar="SPEC",
-                       help="feature normalisation: standardize, l2, or image=standardize,text=l2 (default: none)")
+                       help="feature normalisation: none, standardize, l2, or image=standardize,text=l2 (default: the tuned "
+                            "entry's for this dataset, else ckdlab.data.normalize.DEFAULT_NORMALIZE)")
     train.add_argument("--out", default=None, help="write the result JSON here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, default=None,

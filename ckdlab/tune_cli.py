@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="SQLAlchemy URL of the study (default sqlite under <cache>/studies/)")
     parser.add_argument("--study", default=None, help="study name (default: from data, backbone, method, budget)")
     parser.add_argument("--normalize", default=None, metavar="SPEC",
-                        help="feature normalisation: standardize, l2, or image=standardize,text=l2")
+                        help="feature normalisation: none, standardize, l2, or image=standardize,text=l2 "
+                             "(default ckdlab.data.normalize.DEFAULT_NORMALIZE)")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="fixed setting of every trial (batch_size=1024, patience=5, backbone.n_layers=3); "
                              "a searched parameter set here is no longer searched")
@@ -89,7 +90,11 @@ def cmd_tune(args) -> int:
 
     use_threads(args.threads, concurrent_runs=available_cpus())  # one thread per trial unless told
     base = TrainConfig().with_settings(args.set or [])
-    data = load_dataset(args.data, normalize=parse_normalize(args.normalize))
+    from .data import normalize_dataset
+    from .data.normalize import DEFAULT_NORMALIZE
+
+    raw = load_dataset(args.data)
+    data = normalize_dataset(raw, parse_normalize(args.normalize) if args.normalize is not None else DEFAULT_NORMALIZE)
     results = {}
     for method in args.method:
         try:
@@ -109,7 +114,7 @@ def cmd_tune(args) -> int:
         if args.ship is not None:
             from .tuned import entry_from_search, record
 
-            entry = entry_from_search(result, data)
+            entry = entry_from_search(result, raw)
             print(f"shipped {entry.describe()} to {record(entry, args.ship or None)}\n")
         results[method] = result
     if len(results) > 1:

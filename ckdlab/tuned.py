@@ -36,6 +36,9 @@ class TunedEntry:
     method: str
     settings: dict
     source: dict = field(default_factory=dict)
+    #: Feature normalisation the search ran with (``{modality: method}`` or None); ``fingerprint`` is the
+    #: dataset's *as read*, so an entry is found before normalising and says how to normalise.
+    normalize: dict | None = None
 
     def matches(self, fingerprint: str, backbone: str, method: str) -> bool:
         return (self.fingerprint == fingerprint and self.backbone.lower() == backbone.lower()
@@ -49,7 +52,8 @@ class TunedEntry:
         origin = (f"study {s['study']}: {s.get('trials')} trials x <= {s.get('epochs_per_trial')} epochs"
                   + (f", valid recall@20 {score:.4f}" if score is not None else "")) if "study" in s \
             else "origin not recorded"
-        return f"{self.dataset}/{self.backbone}/{self.method}: {shown} ({origin})"
+        features = f", features {json.dumps(self.normalize)}" if self.normalize else ""
+        return f"{self.dataset}/{self.backbone}/{self.method}: {shown}{features} ({origin})"
 
 
 def load_table(path=None) -> list[TunedEntry]:
@@ -67,10 +71,37 @@ def load_table(path=None) -> list[TunedEntry]:
 
 
 def lookup(dataset, backbone: str, method: str = "none", table=None) -> TunedEntry | None:
-    """The entry for ``dataset`` (matched by fingerprint), ``backbone`` and ``method``, or None."""
+    """The entry for ``dataset`` *as read* (matched by fingerprint), ``backbone`` and ``method``, or None.
+
+    A normalised dataset has another fingerprint: look up the dataset as loaded,
+    then normalise it as the entry says (:attr:`TunedEntry.normalize`).
+    """
+    if getattr(dataset, "normalization", None):
+        raise ValueError(f"look up tuned settings on the dataset as read, not normalised "
+                         f"({dataset.normalization}); the entry says how to normalise it")
     entries = load_table() if table is None else table
     fingerprint = dataset.fingerprint
     return next((e for e in entries if e.matches(fingerprint, backbone, method)), None)
+
+
+def resolve(raw, config: TrainConfig, normalize_given: bool, normalize, *, use_table: bool = True, table=None):
+    """``(dataset, config, entry)`` for a run on ``raw`` (the dataset as read).
+
+    Precedence: package defaults < the table's entry < what the caller gave. A
+    normalisation given (``normalize_given``) that differs from the entry's means
+    another dataset than the one tuned: the entry is not used.
+    """
+    from .data import normalize_dataset
+    from .data.normalize import DEFAULT_NORMALIZE, resolve_normalization
+
+    entry = lookup(raw, config.backbone, config.method, table) if use_table else None
+    wanted = resolve_normalization(normalize if normalize_given else DEFAULT_NORMALIZE, raw.modalities)
+    if entry is not None and normalize_given and wanted != entry.normalize:
+        entry = None
+    if entry is not None:
+        wanted = entry.normalize
+        config = settings_config(config, entry.settings)
+    return normalize_dataset(raw, wanted), config, entry
 
 
 def settings_config(base: TrainConfig, settings: dict) -> TrainConfig:
@@ -109,9 +140,10 @@ def changed_settings(config: TrainConfig) -> dict:
     return out
 
 
-def entry_from_search(result, dataset) -> TunedEntry:
-    """The entry a finished search ships: every setting its chosen trial ran with that is not a default
-    (the searched ones, the epoch caps, fixed ``--set`` values), so ``ckdlab train`` reproduces its final run."""
+def entry_from_search(result, raw) -> TunedEntry:
+    """The entry a finished search on ``raw`` (the dataset as read, normalised as ``result.normalize``)
+    ships: every setting its chosen trial ran with that is not a default (the searched ones, the epoch
+    caps, fixed ``--set`` values), so ``ckdlab train`` reproduces its final run."""
     if result.best is None:
         raise ValueError(f"study {result.study_name} has no completed trial: nothing to ship")
     chosen = TrainConfig.from_dict(result.best["config"])
@@ -124,7 +156,9 @@ def entry_from_search(result, dataset) -> TunedEntry:
               "trials_spent": result.spent["trials"], "epochs_spent": result.spent["epochs"],
               "valid_recall@20": float(result.best["value"]), "numbers_version": NUMBERS_VERSION,
               "commit": git_commit()}
-    return TunedEntry(dataset.name, dataset.fingerprint, chosen.backbone, chosen.method, settings, source)
+    normalize = result.normalize if hasattr(result, "normalize") else None
+    return TunedEntry(raw.name, raw.fingerprint, chosen.backbone, chosen.method, settings, source,
+                      dict(normalize) if normalize else None)
 
 
 def record(entry: TunedEntry, path=None) -> Path:
@@ -145,9 +179,10 @@ def table_frame(table=None):
     import pandas as pd
 
     rows = [{"dataset": e.dataset, "backbone": e.backbone, "method": e.method,
+             "features": ",".join(sorted(set(e.normalize.values()))) if e.normalize else "as read",
              "settings": ", ".join(f"{k}={json.dumps(v)}" for k, v in e.settings.items()),
              "valid_recall@20": e.source.get("valid_recall@20"), "study": e.source.get("study", ""),
              "commit": e.source.get("commit", "")}
             for e in (load_table() if table is None else table)]
-    return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "settings", "valid_recall@20", "study",
+    return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "features", "settings", "valid_recall@20", "study",
                                        "commit"])

@@ -169,10 +169,12 @@ class TuneResult:
     trials: object  # pandas.DataFrame
     best: dict | None
     final: list = field(default_factory=list)
+    #: The feature normalisation of the searched dataset (``Dataset.normalization``).
+    normalize: dict | None = None
 
     def to_dict(self) -> dict:
         return {"study": self.study_name, "storage": self.storage, "budget": self.budget, "spent": self.spent,
-                "best": self.best, "final": self.final,
+                "best": self.best, "final": self.final, "normalize": self.normalize,
                 "trials": json.loads(self.trials.to_json(orient="records"))}
 
     def to_json(self, path) -> Path:
@@ -186,7 +188,8 @@ class TuneResult:
     def summary(self) -> str:
         """The printed account: budget, every trial, the choice, the final runs."""
         b, s = self.budget, self.spent
-        lines = [f"study {self.study_name} ({self.storage})",
+        features = (", ".join(f"{m} {how}" for m, how in self.normalize.items()) if self.normalize else "as read")
+        lines = [f"study {self.study_name} ({self.storage}); features {features}",
                  f"budget: {b['trials']} trials x <= {b['epochs_per_trial']} epochs, sampler {b['sampler']}, "
                  f"pruner {b['pruner']}, objective valid {b['metric']}",
                  f"spent: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
@@ -375,7 +378,8 @@ def tune(dataset="synthetic", backbone: str = "VBPR", method: str = "none", *, t
     chosen = None if best is None else {"number": best.number, "value": float(best.value), "params": dict(best.params),
                                         "config": apply_params(base, best.params).to_dict()}
     out = TuneResult(name, studies.redacted(url), budget, _spent(study, counted),
-                     trials_frame(study, {t.number for t in counted}), chosen)
+                     trials_frame(study, {t.number for t in counted}), chosen,
+                     normalize=dict(data.normalization) if data.normalization else None)
     if final and best is not None:
         out.final = final_runs(apply_params(base, best.params), data, [int(seed)] if seeds is None else seeds,
                                cache_dir=cache_dir, progress=progress)

@@ -121,6 +121,14 @@ class WrongShapes(LightGCNFeatures):
         return users, items.T
 
 
+class RowsWithoutBias(LightGCNFeatures):
+    """Computes only the batch's rows, but forgets a term forward has (trains another model)."""
+
+    def batch_rows(self, inputs, users, items):
+        u, i = self(inputs)
+        return u[users], i[items] * 0.5
+
+
 class NotABackbone(torch.nn.Module):
     def __init__(self, dataset):
         super().__init__()
@@ -136,6 +144,7 @@ BROKEN = [
     (StaleMemo, {"step_scope_fresh": "failed"}),
     (UnseededInit, {"determinism": "failed"}),
     (WrongShapes, {"forward_cpu": "failed"}),
+    (RowsWithoutBias, {"batch_rows": "failed"}),
     (NotABackbone, {"construct": "failed"}),
 ]
 

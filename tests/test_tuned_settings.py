@@ -41,9 +41,11 @@ def test_lookup_matches_fingerprint_backbone_and_method_only(small, tmp_path):
     assert tuned.lookup(small, "vbpr", "none", table) is not None  # backbone case-insensitive
     assert tuned.lookup(small, "VBPR", "ckd", table) is None
     assert tuned.lookup(small, "MGCN", "none", table) is None
-    other = normalize_dataset(small, "standardize")  # same name, other content: no match
+    other = load("synthetic", n_users=120, n_items=100, seed=5)  # same name, other content: no match
     assert other.name == small.name and other.fingerprint != small.fingerprint
     assert tuned.lookup(other, "VBPR", "none", table) is None
+    with pytest.raises(ValueError, match="as read, not normalised"):
+        tuned.lookup(normalize_dataset(small, "standardize"), "VBPR", "none", table)
 
 
 def test_apply_tuned_sets_fields_backbone_and_method_params(small):
@@ -122,3 +124,22 @@ def test_tune_ship_records_the_choice_and_train_reproduces_its_final_run(small, 
     assert cli.main(["train", "--data", str(folder), "--backbone", "VBPR", "--cache-dir", cache,
                      "--quiet", "--out", str(result_json)]) == 0
     assert json.loads(result_json.read_text())["test"]["recall@20"] == pytest.approx(final_test, abs=5e-5)
+
+
+def test_an_entry_says_how_to_normalise_and_a_given_normalisation_wins(monkeypatch, capsys):
+    from ckdlab import cli
+
+    default = load("synthetic")
+    row = tuned.TunedEntry(default.name, default.fingerprint, "VBPR", "none", {"lr": 0.004}, {"study": "s"},
+                           {m: "standardize" for m in default.modalities})
+    monkeypatch.setattr(tuned, "TABLE_PATH", None)
+    seen = []
+    monkeypatch.setattr("ckdlab.tuned.load_table", lambda path=None: [row])
+    monkeypatch.setattr("ckdlab.experiments.run", lambda cfg, ds, **kw: seen.append((cfg, ds)) or _stop())
+    for extra in ([], ["--normalize", "standardize"], ["--normalize", "none"], ["--normalize", "l2"]):
+        with pytest.raises(_Stop):
+            cli.main(["train", "--data", "synthetic", "--quiet", "--set", "seed=0"] + extra)
+    used = [(cfg.lr, sorted(set((ds.normalization or {"-": "as read"}).values()))) for cfg, ds in seen]
+    assert used == [(0.004, ["standardize"]), (0.004, ["standardize"]), (TrainConfig.lr, ["as read"]),
+                    (TrainConfig.lr, ["l2"])]
+    assert "features {" in capsys.readouterr().out

@@ -44,6 +44,24 @@ class Backbone(nn.Module):
         """Return ``(user_reps (n_users, D), item_reps (n_items, D))``."""
         raise NotImplementedError
 
+    def batch_rows(self, inputs: ModalityInputs, users: torch.Tensor,
+                   items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows ``users`` of the user representations and ``items`` of the item representations.
+
+        What a training step scores. The default runs :meth:`forward` and gathers;
+        a backbone whose rows can be computed one by one (VBPR, DeepStyle: no
+        propagation over a graph) overrides it to compute only the batch's rows, the
+        same numbers for far less work. An override must equal the default
+        (``ckdlab check-backbone`` checks it).
+        """
+        user_reps, item_reps = self(inputs)
+        return user_reps[users], item_reps[items]
+
+    @property
+    def computes_batch_rows(self) -> bool:
+        """Whether :meth:`batch_rows` is the backbone's own (no full forward in a training step)."""
+        return type(self).batch_rows is not Backbone.batch_rows
+
     @staticmethod
     def score_pairs(user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (user_reps[users] * item_reps[items]).sum(dim=-1)

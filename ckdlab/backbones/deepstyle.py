@@ -58,6 +58,19 @@ class DeepStyle(Backbone):
                 item = item + self._project(m, inputs[m])
         return self.user_id, item
 
+    def batch_rows(self, inputs: ModalityInputs, users: torch.Tensor,
+                   items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s rows ``users`` and ``items``, projecting only the batch items' features."""
+        item = self.item_id[items] - self.category_vector[self.category[items]]
+        for m in self.modalities:
+            if inputs.is_ablated(m):
+                item = item + self._project(m, inputs.mean(m))
+            else:
+                feat = inputs[m]
+                item = item + self.memoised(("rows", m, id(feat), id(items)), items,
+                                            lambda: self.projection[m](feat[items]))
+        return self.user_id[users], item
+
     def _project(self, m: str, feat: torch.Tensor) -> torch.Tensor:
         """E_m e^m, computed once per training step for the same features (see ``Backbone.step_scope``)."""
         return self.memoised(("project", m, id(feat)), feat, lambda: self.projection[m](feat))

@@ -78,15 +78,23 @@ def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float
     """The backbone's own objective on a batch: BPR + L2 + its auxiliary loss.
 
     Returns ``(loss, user_reps, item_reps, margin)`` so a method can reuse the
-    forward pass; ``margin`` is s_ui - s_uj per triple.
+    forward pass; ``margin`` is s_ui - s_uj per triple. ``user_reps`` and
+    ``item_reps`` are None when the backbone computed only the batch's rows
+    (:meth:`~ckdlab.backbones.base.Backbone.batch_rows`).
     """
-    user_reps, item_reps = model(inputs)
-    # one gather per side, reused by the scores and the default L2: every gather's backward
-    # zero-fills and scatters into a gradient of the full table, the bulk of a cheap model's step
     n = len(batch.pos)
-    u = user_reps[batch.users]
-    items = item_reps[torch.cat([batch.pos, batch.neg])]
-    i, j = items[:n], items[n:]
+    items = torch.cat([batch.pos, batch.neg])
+    default_terms = (type(model).regularization is Backbone.regularization
+                     and type(model).auxiliary_loss is Backbone.auxiliary_loss)
+    if default_terms and model.computes_batch_rows:  # only the batch's rows, no full forward
+        user_reps = item_reps = None
+        u, item_rows = model.batch_rows(inputs, batch.users, items)
+    else:
+        # one gather per side, reused by the scores and the default L2: every gather's backward
+        # zero-fills and scatters into a gradient of the full table, the bulk of a cheap model's step
+        user_reps, item_reps = model(inputs)
+        u, item_rows = user_reps[batch.users], item_reps[items]
+    i, j = item_rows[:n], item_rows[n:]
     pos, neg = (u * i).sum(dim=-1), (u * j).sum(dim=-1)
     loss = bpr_loss(pos, neg)
     if type(model).regularization is Backbone.regularization:  # the default: norms of the gathered rows
@@ -94,7 +102,8 @@ def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float
     else:
         reg = model.regularization(user_reps, item_reps, batch.users, batch.pos, batch.neg)
     loss = loss + reg_weight * reg
-    loss = loss + model.auxiliary_loss(user_reps, item_reps, batch.users, batch.pos, batch.neg)
+    if type(model).auxiliary_loss is not Backbone.auxiliary_loss:
+        loss = loss + model.auxiliary_loss(user_reps, item_reps, batch.users, batch.pos, batch.neg)
     return loss, user_reps, item_reps, pos - neg
 
 

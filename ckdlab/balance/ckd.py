@@ -52,6 +52,7 @@ import torch
 from ..data.samplers import uniform_triples
 from ..losses import (hinge_distillation, kl_distillation, mse_distillation, tempered_bce_distillation)
 from .base import BalanceMethod, Batch, TrainContext, backbone_step, register_method
+from .channels import margins
 from .teachers import load_or_train_teacher
 
 SPECIFIC_LOSSES = ("hinge", "kl", "mse")
@@ -166,14 +167,7 @@ class CKD(BalanceMethod):
         return mse_distillation(dt, ds)
 
     def batch_loss(self, model, inputs, batch: Batch):
-        loss, user_reps, item_reps, margin = backbone_step(model, inputs, batch, self.ctx.config.reg_weight)
-        forwards = {inputs.ablated: (user_reps, item_reps)}
-
-        def reps_for(ablated_inputs):
-            key = ablated_inputs.ablated
-            if key not in forwards:
-                forwards[key] = model(ablated_inputs)
-            return forwards[key]
+        loss, _, _, margin = backbone_step(model, inputs, batch, self.ctx.config.reg_weight)
 
         # Each channel scores the batch's triples and (generic loss) uniform random triples;
         # both sets go through one gather per side.
@@ -181,16 +175,16 @@ class CKD(BalanceMethod):
         users, pos, neg = batch.users, batch.pos, batch.neg
         if self.generic:
             device = batch.users.device
+            data = self.ctx.dataset
             gu, gj, gk = (torch.as_tensor(a, dtype=torch.long, device=device)
-                          for a in uniform_triples(user_reps.shape[0], item_reps.shape[0], self._generic_n, self._rng))
+                          for a in uniform_triples(data.n_users, data.n_items, self._generic_n, self._rng))
             users, pos, neg = torch.cat([users, gu]), torch.cat([pos, gj]), torch.cat([neg, gk])
 
         names = inputs.names
         per_modality, ite, channel_margin, teacher_mean = {}, {}, {}, {}
         generic_terms, channel_all = {}, {}
         for m in names:
-            u_m, i_m = reps_for(inputs.only(m))
-            channel_all[m] = model.score_margins(u_m, i_m, users, pos, neg)
+            channel_all[m] = margins(model, inputs.only(m), users, pos, neg)
             with torch.no_grad():
                 dt_all = self.teachers[m].margin(users, pos, neg)
             ds, dt = channel_all[m][:n_batch], dt_all[:n_batch]
@@ -207,8 +201,7 @@ class CKD(BalanceMethod):
                 if other is not None:  # two modalities: "all but m" is the other channel, already scored
                     without_m = channel_margin[other]
                 else:
-                    u_a, i_a = reps_for(ablated)
-                    without_m = model.score_margins(u_a, i_a, batch.users, batch.pos, batch.neg)
+                    without_m = margins(model, ablated, batch.users, batch.pos, batch.neg)
                 ite[m] = margin.detach() - without_m
 
         ate = {m: float(ite[m].mean()) for m in names}

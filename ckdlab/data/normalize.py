@@ -25,6 +25,9 @@ import numpy as np
 from .dataset import Dataset
 
 NORMALIZATIONS = ("standardize", "l2")
+#: What ``ckdlab train`` / ``tune`` apply when neither ``--normalize`` nor a tuned entry says
+#: (chosen on validation across TikTok and Baby: ``benchmarks/normalize_choice.py``, README).
+DEFAULT_NORMALIZE = None
 
 
 def standardize_columns(x: np.ndarray) -> np.ndarray:

@@ -194,6 +194,33 @@ def check_score_inner_product(case: Case) -> CheckResult:
     return result(name, PASSED, "score_pairs and score_margins agree with user_reps @ item_reps.T")
 
 
+def check_batch_rows(case: Case) -> CheckResult:
+    """A backbone's own ``batch_rows`` (only the batch's rows) must equal ``forward``'s rows, ablated or not."""
+    name = "batch_rows"
+    model = case.build()
+    if not model.computes_batch_rows:
+        return result(name, PASSED, "batch_rows is the default (forward, then gather)")
+    users, pos, neg = case.triples()
+    items = torch.cat([pos, neg])
+    inputs = case.inputs()
+    worst = 0.0
+    with torch.no_grad():
+        for variant in [inputs, *(inputs.ablate(m) for m in inputs.names), *(inputs.only(m) for m in inputs.names)]:
+            u, i = model(variant)
+            bu, bi = model.batch_rows(variant, users, items)
+            if bu.shape != u[users].shape or bi.shape != i[items].shape:
+                return result(name, FAILED, f"batch_rows returned shapes {tuple(bu.shape)}, {tuple(bi.shape)}; "
+                                            f"forward's rows are {tuple(u[users].shape)}, {tuple(i[items].shape)}")
+            worst = max(worst, relative_change(bu.double(), u[users].double()),
+                        relative_change(bi.double(), i[items].double()))
+    if worst > SAME:
+        return result(name, FAILED, f"batch_rows differs from forward's rows by {worst:.2g} of their scale "
+                                    f"(full or ablated inputs): training would optimise another model than the "
+                                    f"one evaluated", change=worst)
+    return result(name, PASSED, "batch_rows equals forward's rows (full, ablated and single-modality inputs)",
+                  change=worst)
+
+
 # -- ablation ------------------------------------------------------------------------------------
 
 def _permuted_features(case: Case, inputs: ModalityInputs, m: str) -> ModalityInputs:
@@ -488,7 +515,7 @@ def check_importable(case: Case) -> CheckResult:
 
 #: Every check in the order it runs; construct and forward_cpu gate the rest.
 CHECKS: tuple[Callable[[Case], CheckResult], ...] = (
-    check_construct, check_forward_cpu, check_forward_cuda, check_score_inner_product,
+    check_construct, check_forward_cpu, check_forward_cuda, check_score_inner_product, check_batch_rows,
     check_ablation_removes_features, check_ablation_averages_user_preference, check_unablated_uses_features,
     check_unablated_uses_user_preference, check_modality_parameters, check_determinism, check_loss_terms,
     check_training_reduces_loss, check_step_scope_fresh, check_importable,
