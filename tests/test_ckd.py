@@ -193,17 +193,21 @@ def test_bad_options_are_rejected():
 
 
 def test_two_modalities_need_three_forwards_per_step(small, tmp_path):
-    """Full model + one channel per modality; "m ablated" reuses the other modality's channel."""
+    """Full model + one channel per modality; "m ablated" reuses the other modality's channel.
+
+    A pass is a ``batch_rows`` call (VBPR computes only the batch's rows; graph backbones run
+    ``forward`` inside it)."""
     config = cfg(method_params={"teacher": {"max_epochs": 1}})
     model, inputs, method = setup_ckd(small, config, tmp_path)
+    assert model.computes_batch_rows
     seen = []
-    original = model.forward
+    original = model.batch_rows
 
-    def counting_forward(inp):
+    def counting_rows(inp, users, items):
         seen.append(inp.ablated)
-        return original(inp)
+        return original(inp, users, items)
 
-    model.forward = counting_forward
+    model.batch_rows = counting_rows
     batch = Batch(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
     method.batch_loss(model, inputs, batch)
     assert sorted(map(sorted, seen)) == [[], ["image"], ["text"]]

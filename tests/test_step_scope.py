@@ -8,7 +8,17 @@ from tests.conftest import make_tiny_dataset
 
 
 def count_projection_calls(model):
+    """(modality, feature shape) of every projection computed (VBPR: its fused projection + content bias)."""
     calls = []
+    if hasattr(model, "_fused_projection"):
+        original = model._fused_projection
+
+        def counted(m, feat):
+            calls.append((m, tuple(feat.shape)))
+            return original(m, feat)
+
+        model._fused_projection = counted
+        return calls
     for name, module in model.projection.items():
         module.register_forward_hook(lambda mod, args, out, name=name: calls.append((name, tuple(args[0].shape))))
     return calls
