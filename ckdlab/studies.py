@@ -63,10 +63,24 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30)
                                           grace_period=int(grace_period))
 
 
+#: User attribute of a trial whose settings an earlier trial already ran (it spends no budget).
+REPEAT_OF = "repeat_of"
+
+
 def spends_budget(trial: FrozenTrial) -> bool:
-    """Completed, pruned, or failed because the run diverged."""
+    """Completed, pruned, or failed because the run diverged; a repeat of earlier settings does not."""
+    if REPEAT_OF in trial.user_attrs:
+        return False
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
         trial.state == TrialState.FAIL and bool(trial.user_attrs.get(DIVERGED)))
+
+
+def earlier_run(study: optuna.Study, params: dict, number: int) -> FrozenTrial | None:
+    """A finished trial before ``number`` with the same ``params`` that spent budget, or None."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if t.number < number and spends_budget(t) and t.params == params:
+            return t
+    return None
 
 
 def counted_trials(study: optuna.Study, limit: int | None = None) -> list[FrozenTrial]:

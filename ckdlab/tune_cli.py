@@ -32,8 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the trials and of the sampler")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds of the final runs of the chosen settings (default: --seed)")
-    parser.add_argument("--sampler", default="tpe", choices=("tpe", "grid", "random"))
+    parser.add_argument("--sampler", default="auto", choices=("auto", "tpe", "grid", "random"),
+                        help="auto (default): the full grid when --trials covers it, else TPE")
     parser.add_argument("--pruner", default="hyperband", choices=("hyperband", "halving", "median", "none"))
+    parser.add_argument("--min-epochs", type=int, default=None,
+                        help="no trial is pruned before this epoch (default: a ninth of --epochs-budget, at least 1)")
     parser.add_argument("--storage", default=None,
                         help="SQLAlchemy URL of the study (default sqlite under <cache>/studies/)")
     parser.add_argument("--study", default=None, help="study name (default: from data, backbone, method, budget)")
@@ -100,7 +103,8 @@ def cmd_tune(args) -> int:
         try:
             result = tune(data, args.backbone, method, trials=args.trials, epochs_budget=args.epochs_budget,
                           seed=args.seed, seeds=args.seeds, storage=args.storage, study_name=args.study,
-                          sampler=args.sampler, pruner=args.pruner, space=searched_space(args, method), base=base,
+                          sampler=args.sampler, pruner=args.pruner, min_epochs=args.min_epochs,
+                          space=searched_space(args, method), base=base,
                           cache_dir=args.cache_dir, device=args.device, final=not args.no_final,
                           progress=not args.quiet)
         except KeyboardInterrupt as exc:  # TrainingInterrupted (state saved) or a second Ctrl-C

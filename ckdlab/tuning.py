@@ -44,12 +44,30 @@ from .search_space import apply_params, grid_size, search_space
 
 #: The objective: validation Recall@20 (the paper's model selection).
 METRIC = "recall@20"
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("auto", "tpe", "random", "grid")
 PRUNERS = ("hyperband", "halving", "median", "none")
 #: Hyperband / successive halving: keep the best 1/3 of trials at each rung (rungs at 1, 3, 9, ... epochs).
 REDUCTION_FACTOR = 3
+#: A sampler's repeats of earlier settings spend no budget; after this many draws per trial, the search stops.
+MAX_DRAWS_PER_TRIAL = 20
 _STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
                 TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+
+
+def resolve_sampler(name: str, space: dict, trials: int) -> str:
+    """``auto``: the grid when the budget covers every point of it (nothing left to chance), else TPE."""
+    if name == "auto":
+        return "grid" if space and grid_size(space) <= int(trials) else "tpe"
+    return name
+
+
+def default_min_epochs(epochs_budget: int) -> int:
+    """Epochs before a trial can first be pruned: a ninth of the budget (rungs at E/9, E/3, E), at least 1.
+
+    At epoch 1 the models' validation scores are near zero and say little about
+    where they end (a slow learning rate ranks last there and first at the end).
+    """
+    return max(1, int(epochs_budget) // 9)
 
 
 def make_sampler(name: str, space: dict, seed: int) -> optuna.samplers.BaseSampler:
@@ -63,15 +81,16 @@ def make_sampler(name: str, space: dict, seed: int) -> optuna.samplers.BaseSampl
     raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
 
 
-def make_pruner(name: str, epochs_budget: int) -> optuna.pruners.BasePruner:
-    """``hyperband`` (default), ``halving`` (successive halving), ``median`` or ``none``; steps are epochs."""
+def make_pruner(name: str, epochs_budget: int, min_epochs: int = 1) -> optuna.pruners.BasePruner:
+    """``hyperband`` (default), ``halving`` (successive halving), ``median`` or ``none``; steps are epochs,
+    and no trial is pruned before ``min_epochs``."""
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=int(epochs_budget),
+        return optuna.pruners.HyperbandPruner(min_resource=int(min_epochs), max_resource=int(epochs_budget),
                                               reduction_factor=REDUCTION_FACTOR)
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION_FACTOR)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=int(min_epochs), reduction_factor=REDUCTION_FACTOR)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=int(min_epochs))
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ValueError(f"unknown pruner {name!r}; expected one of {PRUNERS}")
@@ -127,6 +146,12 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         studies.claim(trial)
         params = {name: trial.suggest_categorical(name, list(values)) for name, values in self.space.items()}
+        earlier = studies.earlier_run(trial.study, params, trial.number)
+        if earlier is not None:  # the sampler asked again: answer as before, spend no budget
+            trial.set_user_attr(studies.REPEAT_OF, earlier.number)
+            if earlier.state == TrialState.COMPLETE:
+                return float(earlier.value)
+            raise optuna.TrialPruned(f"repeat of trial {earlier.number}")
         config = apply_params(self.base, params)
         trial.set_user_attr("key", result_key(config, self.dataset))
         reporter = _Reporter(trial)
@@ -231,7 +256,8 @@ def trials_frame(study: optuna.Study, counted_numbers: set[int]):
         a = t.user_attrs
         rows.append({
             "trial": t.number,
-            "state": "diverged" if a.get(studies.DIVERGED) else _STATE_NAMES.get(t.state, t.state.name.lower()),
+            "state": ("repeat" if studies.REPEAT_OF in a else "diverged" if a.get(studies.DIVERGED)
+                  else _STATE_NAMES.get(t.state, t.state.name.lower())),
             "counts": t.number in counted_numbers,
             f"valid_{METRIC}": t.value if t.value is not None else math.nan,
             "epochs_run": a.get("epochs_run"),
@@ -239,10 +265,11 @@ def trials_frame(study: optuna.Study, counted_numbers: set[int]):
             **dict(t.params),
             "cached": a.get("cached", False),
             "retry_of": a.get(studies.RETRY_OF),
+            "repeat_of": a.get(studies.REPEAT_OF),
             "error": a.get(studies.ERROR, ""),
         })
     frame = pd.DataFrame(rows)
-    for column in ("epochs_run", "best_epoch", "retry_of") if rows else ():  # whole numbers, missing where unknown
+    for column in ("epochs_run", "best_epoch", "retry_of", "repeat_of") if rows else ():  # whole numbers, missing where unknown
         frame[column] = pd.array([None if v is None or v != v else int(v) for v in frame[column]], dtype="Int64")
     return frame
 
@@ -292,7 +319,8 @@ def _trials_bar(total: int, done: int, enabled: bool, desc: str):
 
 def tune(dataset="synthetic", backbone: str = "VBPR", method: str = "none", *, trials: int = 20,
          epochs_budget: int = 50, seed: int = 0, seeds=None, storage: str | None = None, study_name: str | None = None,
-         sampler: str = "tpe", pruner: str = "hyperband", space: dict | None = None, base: TrainConfig | None = None,
+         sampler: str = "auto", pruner: str = "hyperband", min_epochs: int | None = None,
+         space: dict | None = None, base: TrainConfig | None = None,
          normalize=None, cache_dir=None, device: str = "auto", final: bool = True, progress: bool = True,
          heartbeat_interval: int = 10, grace_period: int = 30) -> TuneResult:
     """Search ``backbone`` + ``method`` on validation Recall@20, then train the choice once per seed.
@@ -315,7 +343,11 @@ def tune(dataset="synthetic", backbone: str = "VBPR", method: str = "none", *, t
     study_name : str, optional
         Default :func:`default_study_name`.
     sampler, pruner : str
-        See :data:`SAMPLERS` and :data:`PRUNERS`.
+        See :data:`SAMPLERS` and :data:`PRUNERS`. ``auto``: the full grid when the
+        budget covers it, else TPE. A sampler's repeat of settings an earlier trial
+        ran answers with that trial's outcome and spends no budget.
+    min_epochs : int, optional
+        No trial is pruned before this epoch (default :func:`default_min_epochs`).
     space : dict, optional
         ``{parameter: values}`` instead of :func:`ckdlab.search_space.search_space`.
     base : TrainConfig, optional
@@ -338,22 +370,26 @@ def tune(dataset="synthetic", backbone: str = "VBPR", method: str = "none", *, t
     base = search_config(backbone, method, epochs_budget=int(epochs_budget), seed=int(seed), base=base, device=device)
     space = dict(space) if space is not None else search_space(backbone, method, max_epochs=int(epochs_budget))
     target = 1 if not space else int(trials)  # nothing to search (Pop): one trial says it all
-    if sampler == "grid" and target > grid_size(space):
-        warnings.warn(f"{target} trials asked, the grid has {grid_size(space)} points: the budget is "
-                      f"{grid_size(space)} trials", RuntimeWarning, stacklevel=2)
+    sampler = resolve_sampler(sampler, space, target)
+    min_epochs = default_min_epochs(epochs_budget) if min_epochs is None else max(1, int(min_epochs))
+    if target > grid_size(space):  # every distinct setting tried: nothing left to spend budget on
+        if sampler == "grid":
+            warnings.warn(f"{target} trials asked, the grid has {grid_size(space)} points: the budget is "
+                          f"{grid_size(space)} trials", RuntimeWarning, stacklevel=2)
         target = grid_size(space)
+    pruner_label = pruner if pruner == "none" or min_epochs == 1 else f"{pruner}{min_epochs}"
     name = study_name or default_study_name(data, base.backbone, base.method, seed=int(seed),
-                                            epochs_budget=int(epochs_budget), sampler=sampler, pruner=pruner)
+                                            epochs_budget=int(epochs_budget), sampler=sampler, pruner=pruner_label)
     url = studies.storage_url(name, cache_dir, storage)
     budget = {"trials": target, "epochs_per_trial": int(epochs_budget), "metric": METRIC, "split": "valid",
-              "sampler": sampler, "pruner": pruner, "seed": int(seed)}
+              "sampler": sampler, "pruner": pruner, "min_epochs": min_epochs, "seed": int(seed)}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar and the table say what the log would
     bar = None
     try:
-        study = _open_study(name, url, _identity(data, base, space, int(epochs_budget), sampler, pruner), budget,
-                            make_sampler(sampler, space, int(seed)), make_pruner(pruner, int(epochs_budget)),
-                            heartbeat_interval, grace_period)
+        study = _open_study(name, url, _identity(data, base, space, int(epochs_budget), sampler, pruner_label),
+                            budget, make_sampler(sampler, space, int(seed)),
+                            make_pruner(pruner, int(epochs_budget), min_epochs), heartbeat_interval, grace_period)
         objective = _Objective(base, space, data, cache_dir)
         bar = _trials_bar(target, len(studies.counted_trials(study, target)), progress,
                           f"tune {base.backbone}/{base.method} on {data.name}")
@@ -364,6 +400,10 @@ def tune(dataset="synthetic", backbone: str = "VBPR", method: str = "none", *, t
             bar.n = len(done)
             bar.refresh()
             if len(done) >= target:
+                break
+            if len(study.trials) >= MAX_DRAWS_PER_TRIAL * target:  # a sampler that only repeats itself
+                warnings.warn(f"study {name}: {len(study.trials)} draws gave {len(done)} distinct settings of "
+                              f"{target}; stopping", RuntimeWarning, stacklevel=2)
                 break
             study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
             best = _best(study, target)

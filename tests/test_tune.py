@@ -235,7 +235,9 @@ def test_killed_search_resumes_without_repeating_finished_trials(small, tmp_path
         assert (new.state, new.params, new.value, new.user_attrs) == (old.state, old.params, old.value, old.user_attrs)
     killed = after[3]
     assert killed.state.name == "FAIL" and "died" in killed.user_attrs["error"]
-    new = after[4:]
+    repeats = [t for t in after[4:] if "repeat_of" in t.user_attrs]  # the sampler asking again: free
+    assert all("epochs_run" not in t.user_attrs for t in repeats)
+    new = [t for t in after[4:] if "repeat_of" not in t.user_attrs]
     assert len(new) == 3 and all(t.state.name == "COMPLETE" for t in new)  # 6 - 3: nothing trained twice
     retry = [t for t in new if t.user_attrs.get("retry_of") == 3]
     assert len(retry) == 1 and retry[0].params == killed.params
@@ -244,7 +246,8 @@ def test_killed_search_resumes_without_repeating_finished_trials(small, tmp_path
     saved = json.loads((cache / "studies" / "killed.json").read_text())
     assert saved["budget"]["trials"] == 6 and saved["budget"]["epochs_per_trial"] == 4
     assert saved["spent"] == {"trials": 6, "complete": 6, "pruned": 0, "diverged": 0, "epochs": 24, "retried": 1}
-    assert [r["state"] for r in saved["trials"]] == ["complete"] * 3 + ["failed"] + ["complete"] * 3
+    assert [r["state"] for r in saved["trials"] if r["state"] != "repeat"] == ["complete"] * 3 + ["failed"] + \
+        ["complete"] * 3
     assert "dashboard: optuna-dashboard sqlite:///" in printed
 
 
@@ -261,3 +264,39 @@ def test_cli_compares_methods_on_one_budget(small, tmp_path, capsys):
     rows = {line.split()[0]: line.split() for line in table[1:3]}
     assert set(rows) == {"none", "ogm"} and rows["none"][1:4] == rows["ogm"][1:4] == ["2", "2", "2"]
     assert "reg_weight" not in printed.split("chosen:")[1].splitlines()[0]  # fixed with --set: not searched
+
+
+def test_a_repeated_setting_spends_no_budget(small, tmp_path):
+    """TPE on a small categorical space asks for settings again: the repeat answers as before, for free."""
+    space = {"lr": (1e-3, 5e-3), "reg_weight": (1e-4,)}
+    out = tuning.tune(small, "VBPR", "none", trials=5, epochs_budget=2, cache_dir=tmp_path, progress=False,
+                      final=False, sampler="tpe", space=space, base=TrainConfig(batch_size=512))
+    t = out.trials
+    assert out.budget["trials"] == 2  # the space has two settings: more trials cannot buy anything
+    counted = t[t.counts]
+    assert len(counted) == 2 and counted.lr.nunique() == 2
+    repeats = t[t.state == "repeat"]
+    assert not repeats.counts.any() and repeats.repeat_of.notna().all()
+    for _, r in repeats.iterrows():
+        first = t[t.trial == r.repeat_of].iloc[0]
+        assert first.lr == r.lr and (first["valid_recall@20"] == r["valid_recall@20"] or first.state == "pruned")
+    assert out.spent["trials"] == 2 and out.spent["epochs"] == int(counted.epochs_run.sum())
+
+
+def test_auto_sampler_runs_the_grid_when_the_budget_covers_it(small, tmp_path):
+    space = {"lr": (1e-3, 5e-3), "reg_weight": (1e-4, 1e-3)}
+    out = tuning.tune(small, "VBPR", "none", trials=4, epochs_budget=2, cache_dir=tmp_path, progress=False,
+                      final=False, space=space, base=TrainConfig(batch_size=512))
+    assert out.budget["sampler"] == "grid"
+    assert sorted(zip(out.trials.lr, out.trials.reg_weight)) == sorted((a, b) for a in space["lr"]
+                                                                       for b in space["reg_weight"])
+    assert tuning.resolve_sampler("auto", space, 3) == "tpe"
+
+
+def test_no_trial_is_pruned_before_the_minimum_epochs(small, tmp_path):
+    out = tuning.tune(small, "VBPR", "none", trials=8, epochs_budget=9, min_epochs=3, cache_dir=tmp_path,
+                      progress=False, final=False, base=TrainConfig(batch_size=512))
+    t = out.trials
+    assert out.budget["min_epochs"] == 3 and "hyperband3" in out.study_name
+    assert (t.epochs_run >= 3).all(), t
+    assert tuning.default_min_epochs(27) == 3 and tuning.default_min_epochs(5) == 1
