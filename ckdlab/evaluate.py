@@ -67,17 +67,16 @@ class _RowIndex:
         self.indptr = torch.as_tensor(matrix.indptr, dtype=torch.long, device=device)
         self.indices = torch.as_tensor(matrix.indices, dtype=torch.long, device=device)
 
-    def dense_mask(self, rows: torch.Tensor) -> torch.Tensor:
-        """Boolean (len(rows), n_cols) mask of the non-zeros of the given rows."""
+    def coordinates(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(row_of, cols, counts)``: the non-zeros of the given rows as (position in ``rows``, column)
+        pairs, and the number per row."""
         starts = self.indptr[rows]
         counts = self.indptr[rows + 1] - starts
         total = int(counts.sum())
         row_of = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
         first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         positions = torch.repeat_interleave(starts, counts) + torch.arange(total, device=rows.device) - first
-        mask = torch.zeros(len(rows), self.n_cols, dtype=torch.bool, device=rows.device)
-        mask[row_of, self.indices[positions]] = True
-        return mask
+        return row_of, self.indices[positions], counts
 
 
 def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks=DEFAULT_KS) -> dict[str, torch.Tensor]:
@@ -156,14 +155,23 @@ def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.nda
 
 
 def _batch_metrics(user_reps, item_reps, batch, masked: _RowIndex, relevant: _RowIndex, max_k: int, ks):
-    """Per-user metrics of one batch of users (the memory-heavy part: a batch x items score matrix)."""
+    """Per-user metrics of one batch of users (the memory-heavy part: a batch x items score matrix).
+
+    Beyond the floor (the product and top-k) it touches only the sparse entries: the training
+    items are set to -inf in place, and the hits are found among the top-k by their (row, item)
+    keys, with no dense batch x items mask.
+    """
     scores = user_reps[batch] @ item_reps.T
-    scores.masked_fill_(masked.dense_mask(batch), float("-inf"))
+    rows, cols, _ = masked.coordinates(batch)
+    scores[rows, cols] = float("-inf")
     top = torch.topk(scores, max_k, dim=1).indices
     del scores
-    truth = relevant.dense_mask(batch)
-    hits = truth.gather(1, top)
-    return metrics_from_hits(hits, truth.sum(1), ks)
+    n_items = item_reps.shape[0]
+    rows, cols, n_relevant = relevant.coordinates(batch)
+    truth_keys = rows * n_items + cols
+    top_keys = torch.arange(len(batch), device=top.device).unsqueeze(1) * n_items + top
+    hits = torch.isin(top_keys, truth_keys)
+    return metrics_from_hits(hits, n_relevant, ks)
 
 
 def _metric_names(ks) -> list[str]:
