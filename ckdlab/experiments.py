@@ -76,6 +76,13 @@ def load_dataset(spec, normalize=None):
     return load(str(spec), normalize=normalize)
 
 
+def _serves(result: Result | None, config: TrainConfig) -> bool:
+    """A cached result answers ``config`` unless it lacks the channel curves ``config`` asks for."""
+    if result is None:
+        return False
+    return not config.eval_by_modality or any(h.get("valid_by_modality") for h in result.history)
+
+
 def result_key(config: TrainConfig, dataset) -> str:
     """Configuration identity, data fingerprint, format and :func:`~ckdlab.provenance.numbers_identity`."""
     return store.entry_key(config=config.identity(), data=dataset.fingerprint, format=RESULT_FORMAT,
@@ -170,11 +177,11 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
         return fit(dataset, config, cache_dir=cache_dir, on_evaluation=on_evaluation)
     path = result_path(config, dataset, cache_dir)
     result = read_result(path, quarantine_bad=False)  # fast path: renames are atomic, no lock needed
-    if result is not None:
+    if _serves(result, config):
         return result
     with store.locked(path):
         result = read_result(path)  # another process may have written it while we waited
-        if result is not None:
+        if _serves(result, config):
             return result
         failed = failure_path(config, dataset, cache_dir)
         try:
@@ -547,8 +554,10 @@ def _lookup(config: TrainConfig, data, cache_dir, retry_failed: bool) -> Result 
     Bad entries count as missing here; :func:`run` reports and replaces them under their lock.
     """
     result = read_result(result_path(config, data, cache_dir), quarantine_bad=False)
-    if result is not None or retry_failed:
+    if _serves(result, config):
         return result
+    if result is not None or retry_failed:  # lacks the channel curves asked for: train it again
+        return None
     record = read_failure(failure_path(config, data, cache_dir))
     return None if record is None else {**record, "cached": True}
 

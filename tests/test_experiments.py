@@ -64,8 +64,12 @@ def test_grid_flattens_metrics_and_reuses_the_cache(tiny_dataset, tmp_path):
     assert len(frame) == 2 and list(frame["seed"]) == [0, 1]
     for col in ("dataset", "backbone", "method", "variant", "seed", "key", "cached", "best_epoch", "epochs_run",
                 "sec_per_epoch", "valid_recall@20", "test_recall@20", "test_ndcg@20", "test_precision@20",
-                "test_image_recall@20", "test_text_recall@20", "valid_image_recall@20", "valid_text_recall@20"):
+                "test_image_recall@20", "test_text_recall@20"):
         assert col in frame.columns, col
+    # channels on validation only when asked for (eval_by_modality, off by default: the pilot and dynamics ask)
+    assert "valid_image_recall@20" not in frame.columns
+    with_channels = ex.grid([configs[0].replace(eval_by_modality=True)], tiny_dataset, tmp_path, progress=False)
+    assert {"valid_image_recall@20", "valid_text_recall@20"} <= set(with_channels.columns)
     assert not frame["cached"].any()
     assert ex.cache_status(frame) == "cached runs: 0/2"
     again, results = ex.grid(configs, tiny_dataset, tmp_path, progress=False, return_results=True)
