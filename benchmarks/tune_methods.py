@@ -18,7 +18,7 @@ import json
 import time
 
 from ckdlab.config import TrainConfig
-from ckdlab.data import normalize_dataset, parse_normalize
+from ckdlab.data import default_normalization, normalize_dataset, parse_normalize
 from ckdlab.experiments import load_dataset
 from ckdlab.provenance import describe, run_provenance
 from ckdlab.search_space import search_space
@@ -38,15 +38,16 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--backbone", required=True)
     p.add_argument("--methods", default="none,gb,ogm,ckd")
-    p.add_argument("--normalize", default=None)
+    p.add_argument("--normalize", default=None, help="none, standardize, l2 (default: the loader's)")
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--epochs-budget", type=int, default=27)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--ship", default=None, help="tuned-settings table to record the choices in")
     p.add_argument("--out", default=None, help="write every search as JSON here")
     args = p.parse_args()
-    raw = load_dataset(args.data)
-    data = normalize_dataset(raw, parse_normalize(args.normalize))
+    raw = load_dataset(args.data, normalize=None)
+    data = normalize_dataset(raw, parse_normalize(args.normalize) if args.normalize is not None
+                             else default_normalization(args.data))
     results, walls = {}, {}
     for method in ["none"] + [m for m in args.methods.split(",") if m != "none"]:
         base, space = TrainConfig(), None

@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
     from .experiments import load_dataset, run
     from .faults import TrainingDiverged, TrainingInterrupted
 
-    from .data import parse_normalize
+    from .data import default_normalization, parse_normalize
     from .threads import use_threads
     from .tuned import resolve
 
@@ -40,8 +40,9 @@ def cmd_train(args) -> int:
     config = TrainConfig(backbone=args.backbone, method=args.method, seed=args.seed, device=args.device,
                          progress=None if not args.quiet else False)
     # defaults < shipped tuned settings (and their normalisation) < --normalize / --epochs / --set
-    dataset, config, tuned = resolve(load_dataset(args.data), config, args.normalize is not None,
-                                     parse_normalize(args.normalize), use_table=not args.no_tuned)
+    dataset, config, tuned = resolve(load_dataset(args.data, normalize=None), config, args.normalize is not None,
+                                     parse_normalize(args.normalize), default=default_normalization(args.data),
+                                     use_table=not args.no_tuned)
     if tuned is not None:
         print(f"tuned settings {tuned.describe()}; --set overrides them, --no-tuned ignores them")
     if args.epochs is not None:
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ignore the shipped tuned settings for this dataset (ckdlab tuned list shows them)")
     train.add_argument("--normalize", default=None, metavar="SPEC",
                        help="feature normalisation: none, standardize, l2, or image=standardize,text=l2 (default: the tuned "
-                            "entry's for this dataset, else ckdlab.data.normalize.DEFAULT_NORMALIZE)")
+                            "entry's for this dataset, else the loader's: standardize for a folder)")
     train.add_argument("--out", default=None, help="write the result JSON here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, default=None,

@@ -62,17 +62,20 @@ ABLATION_VARIANTS: dict[str, dict] = {
 METHODS = ("none", "gb", "ogm", "ckd")
 
 
-def load_dataset(spec, normalize=None):
+def load_dataset(spec, normalize="default"):
     """A Dataset from a Dataset, a folder path, or ``"synthetic"``.
 
-    ``normalize`` (None, ``"standardize"``, ``"l2"`` or ``{modality: method}``) is
-    the loader's feature normalisation (:mod:`ckdlab.data.normalize`), applied to a
-    Dataset passed in as well; it is a property of the data, not of a TrainConfig.
+    ``normalize`` (``"default"``, None, ``"standardize"``, ``"l2"`` or
+    ``{modality: method}``) is the loader's feature normalisation
+    (:mod:`ckdlab.data.normalize`; ``"default"``: the loader's default for a
+    folder); it is a property of the data, not of a TrainConfig. A Dataset passed
+    in is used as it is unless a normalisation is named.
     """
     from .data import Dataset, load, normalize_dataset
+    from .data.normalize import DEFAULT
 
     if isinstance(spec, Dataset):
-        return normalize_dataset(spec, normalize)
+        return normalize_dataset(spec, None if normalize == DEFAULT else normalize)
     return load(str(spec), normalize=normalize)
 
 
@@ -306,22 +309,44 @@ def seeds_product(configs: TrainConfig | Iterable[TrainConfig], seeds: Iterable[
     return [c.replace(seed=int(s)) for c in configs for s in seeds]
 
 
+def tuned_config(backbone: str, method: str, tuned=None, *, seed: int = 0, device: str = "auto",
+                 **kw) -> TrainConfig:
+    """The shipped tuned settings of ``backbone`` + ``method`` on dataset ``tuned`` (:mod:`ckdlab.tuned`)
+    when the table has them for that data (same content, same feature normalisation), else
+    :func:`make_config` with ``kw``. ``tuned=None``: always ``make_config``.
+
+    A tuned entry replaces every other setting (learning rate, L2, epoch caps, method
+    options): it is the configuration its search chose, reproduced.
+    """
+    if tuned is not None:
+        from .tuned import lookup, settings_config
+
+        entry = lookup(tuned, backbone, method)
+        if entry is not None:  # what only changes the evaluation (channel curves) still follows the caller
+            evaluation = {k: kw[k] for k in ("eval_by_modality",) if k in kw}
+            return settings_config(make_config(backbone, method, seed=seed, device=device, **evaluation),
+                                   entry.settings)
+    return make_config(backbone, method, seed=seed, device=device, **kw)
+
+
 def table_configs(backbones: str | Iterable[str] = ("VBPR",), methods: Iterable[str] = METHODS,
-                  seeds: Iterable[int] = (0,), **kw) -> list[TrainConfig]:
-    """Tables 1 and 2: every backbone x method x seed (``kw`` go to :func:`make_config`)."""
+                  seeds: Iterable[int] = (0,), tuned=None, **kw) -> list[TrainConfig]:
+    """Tables 1 and 2: every backbone x method x seed (``kw`` go to :func:`make_config`; with
+    ``tuned`` a dataset, runs the shipped tuned settings cover use them, see :func:`tuned_config`)."""
     backbones = [backbones] if isinstance(backbones, str) else list(backbones)
-    return [make_config(b, m, seed=s, **kw) for b in backbones for m in methods for s in seeds]
+    return [tuned_config(b, m, tuned, seed=s, **kw) for b in backbones for m in methods for s in seeds]
 
 
 def ablation_configs(backbones: str | Iterable[str] = ("VBPR",), seeds: Iterable[int] = (0,),
                      variants: Mapping[str, dict] | None = None, method_params: dict | None = None,
-                     **kw) -> list[tuple[str, TrainConfig]]:
+                     tuned=None, **kw) -> list[tuple[str, TrainConfig]]:
     """Table 3: ``(variant label, config)`` for every backbone x CKD variant x seed.
 
     ``variants`` defaults to :data:`ABLATION_VARIANTS`; each variant's options are
     applied over the CKD options ``method_params`` (plain, or keyed by method name
     as for :func:`make_config`). The ``"CKD"`` variant is the same configuration as
-    Table 1's CKD run, so the two share the cached result.
+    Table 1's CKD run, so the two share the cached result. ``tuned``: as for
+    :func:`table_configs` (the variants change only their own options of the tuned CKD run).
     """
     ckd_params = _select(method_params, "ckd", METHODS)
     backbones = [backbones] if isinstance(backbones, str) else list(backbones)
@@ -330,8 +355,8 @@ def ablation_configs(backbones: str | Iterable[str] = ("VBPR",), seeds: Iterable
     for b in backbones:
         for label, options in variants.items():
             for s in seeds:
-                out.append((label, make_config(b, "ckd", seed=s, method_params={**(ckd_params or {}), **options},
-                                               **kw)))
+                base = tuned_config(b, "ckd", tuned, seed=s, method_params=ckd_params, **kw)
+                out.append((label, base.replace(method_params={**base.method_params, **options})))
     return out
 
 
@@ -653,11 +678,12 @@ def load_results(frame, cache_dir=None) -> list[Result | None]:
 
 # -- the pilot study (paper section 2.3, Figure 1) ------------------------------------------------
 
-def pilot_configs(backbone: str, modalities: Iterable[str], *, seed: int = 0, max_epochs: int = 50,
+def pilot_configs(backbone: str, modalities: Iterable[str], *, seed: int = 0, max_epochs: int = 50, tuned=None,
                   **kw) -> tuple[TrainConfig, dict[str, TrainConfig]]:
     """The multimodal configuration and, per modality m, the uni-modal one (every other modality ablated)."""
     modalities = list(modalities)
-    multimodal = make_config(backbone, "none", seed=seed, max_epochs=max_epochs, eval_by_modality=True, **kw)
+    multimodal = tuned_config(backbone, "none", tuned, seed=seed, max_epochs=max_epochs, **kw).replace(
+        eval_by_modality=True)
     unimodal = {m: multimodal.replace(ablate=tuple(o for o in modalities if o != m), eval_by_modality=False)
                 for m in modalities}
     return multimodal, unimodal
@@ -665,7 +691,7 @@ def pilot_configs(backbone: str, modalities: Iterable[str], *, seed: int = 0, ma
 
 def pilot(backbone: str = "VBPR", dataset="synthetic", seed: int = 0, max_epochs: int = 50, cache_dir=None,
           *, use_cache: bool = True, progress: bool = True, executor=None, workers: int | None = None,
-          **kw) -> tuple[Result, dict[str, Result]]:
+          tuned: bool = False, **kw) -> tuple[Result, dict[str, Result]]:
     """Figure 1's runs: the multimodal model and one uni-modal model per modality.
 
     The multimodal model is trained on every modality and evaluated each epoch
@@ -673,14 +699,16 @@ def pilot(backbone: str = "VBPR", dataset="synthetic", seed: int = 0, max_epochs
     of m is the same backbone trained and evaluated with every other modality
     mean-ablated. All use early stopping, so their curves end at different epochs.
 
-    ``executor`` and ``workers`` are passed to :func:`grid`.
+    ``executor`` and ``workers`` are passed to :func:`grid`; ``tuned``: the plain backbone's
+    shipped tuned settings on this data when the table has them (:func:`tuned_config`).
 
     Returns
     -------
     (multimodal Result, {modality: uni-modal Result}); a run that diverged is None.
     """
     data = load_dataset(dataset)
-    multimodal, unimodal = pilot_configs(backbone, data.modalities, seed=seed, max_epochs=max_epochs, **kw)
+    multimodal, unimodal = pilot_configs(backbone, data.modalities, seed=seed, max_epochs=max_epochs,
+                                         tuned=data if tuned else None, **kw)
     configs = [("multimodal", multimodal)] + [(m, c) for m, c in unimodal.items()]
     _, results = grid(configs, data, cache_dir, progress, use_cache=use_cache, return_results=True,
                       executor=executor, workers=workers)

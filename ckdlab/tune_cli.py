@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--study", default=None, help="study name (default: from data, backbone, method, budget)")
     parser.add_argument("--normalize", default=None, metavar="SPEC",
                         help="feature normalisation: none, standardize, l2, or image=standardize,text=l2 "
-                             "(default ckdlab.data.normalize.DEFAULT_NORMALIZE)")
+                             "(default: the loader's, standardize for a folder)")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="fixed setting of every trial (batch_size=1024, patience=5, backbone.n_layers=3); "
                              "a searched parameter set here is no longer searched")
@@ -93,11 +93,11 @@ def cmd_tune(args) -> int:
 
     use_threads(args.threads, concurrent_runs=available_cpus())  # one thread per trial unless told
     base = TrainConfig().with_settings(args.set or [])
-    from .data import normalize_dataset
-    from .data.normalize import DEFAULT_NORMALIZE
+    from .data import default_normalization, normalize_dataset
 
-    raw = load_dataset(args.data)
-    data = normalize_dataset(raw, parse_normalize(args.normalize) if args.normalize is not None else DEFAULT_NORMALIZE)
+    raw = load_dataset(args.data, normalize=None)
+    given = parse_normalize(args.normalize) if args.normalize is not None else default_normalization(args.data)
+    data = normalize_dataset(raw, given)
     results = {}
     for method in args.method:
         try:

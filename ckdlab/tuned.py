@@ -71,31 +71,38 @@ def load_table(path=None) -> list[TunedEntry]:
 
 
 def lookup(dataset, backbone: str, method: str = "none", table=None) -> TunedEntry | None:
-    """The entry for ``dataset`` *as read* (matched by fingerprint), ``backbone`` and ``method``, or None.
+    """The entry for ``dataset``, ``backbone`` and ``method``, or None.
 
-    A normalised dataset has another fingerprint: look up the dataset as loaded,
-    then normalise it as the entry says (:attr:`TunedEntry.normalize`).
+    Entries are keyed by the fingerprint of the features *as read*
+    (``Dataset.raw_fingerprint``). For data as read, the entry is returned and
+    says how to normalise (:func:`resolve` does it); for normalised data, only an
+    entry tuned with that same normalisation matches.
     """
-    if getattr(dataset, "normalization", None):
-        raise ValueError(f"look up tuned settings on the dataset as read, not normalised "
-                         f"({dataset.normalization}); the entry says how to normalise it")
     entries = load_table() if table is None else table
-    fingerprint = dataset.fingerprint
-    return next((e for e in entries if e.matches(fingerprint, backbone, method)), None)
+    fingerprint = dataset.raw_fingerprint
+    entry = next((e for e in entries if e.matches(fingerprint, backbone, method)), None)
+    if entry is not None and dataset.normalization and entry.normalize != dataset.normalization:
+        return None
+    return entry
 
 
-def resolve(raw, config: TrainConfig, normalize_given: bool, normalize, *, use_table: bool = True, table=None):
+def resolve(raw, config: TrainConfig, normalize_given: bool, normalize, *, default=None, use_table: bool = True,
+            table=None):
     """``(dataset, config, entry)`` for a run on ``raw`` (the dataset as read).
 
-    Precedence: package defaults < the table's entry < what the caller gave. A
-    normalisation given (``normalize_given``) that differs from the entry's means
-    another dataset than the one tuned: the entry is not used.
+    Precedence: package defaults (``default``: the loader's default normalisation
+    for this data, :func:`ckdlab.data.default_normalization`) < the table's entry
+    < what the caller gave. A normalisation given (``normalize_given``) that
+    differs from the entry's means another dataset than the one tuned: the entry
+    is not used.
     """
     from .data import normalize_dataset
-    from .data.normalize import DEFAULT_NORMALIZE, resolve_normalization
+    from .data.normalize import resolve_normalization
 
+    if raw.normalization:
+        raise ValueError(f"resolve() takes the dataset as read, not normalised ({raw.normalization})")
     entry = lookup(raw, config.backbone, config.method, table) if use_table else None
-    wanted = resolve_normalization(normalize if normalize_given else DEFAULT_NORMALIZE, raw.modalities)
+    wanted = resolve_normalization(normalize if normalize_given else default, raw.modalities)
     if entry is not None and normalize_given and wanted != entry.normalize:
         entry = None
     if entry is not None:

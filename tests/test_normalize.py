@@ -37,7 +37,7 @@ def folder(tmp_path):
 
 
 def test_standardize_gives_zero_mean_unit_std_and_zeros_for_constant_columns(folder):
-    raw = load(folder)
+    raw = load(folder, normalize=None)
     ds = load(folder, normalize="standardize")
     for m in ds.modalities:
         x = ds.features[m].astype(np.float64)
@@ -58,7 +58,7 @@ def test_l2_gives_unit_rows_and_keeps_zero_rows(folder):
 
 
 def test_per_modality_leaves_the_others_as_read(folder):
-    raw = load(folder)
+    raw = load(folder, normalize=None)
     ds = load(folder, normalize={"image": "standardize"})
     assert np.array_equal(ds.features["text"], raw.features["text"])
     np.testing.assert_allclose(ds.features["image"], standardize_columns(raw.features["image"]))
@@ -68,9 +68,9 @@ def test_per_modality_leaves_the_others_as_read(folder):
 
 
 def test_fingerprint_and_summary_record_it_only_when_set(folder):
-    raw = load(folder)
+    raw = load(folder, normalize=None)
     assert raw.normalization is None and "normalization" not in raw.summary()
-    assert raw.fingerprint == load(folder, normalize=None).fingerprint == unnormalised_fingerprint(raw)
+    assert raw.fingerprint == unnormalised_fingerprint(raw)
     prints = {raw.fingerprint}
     for spec in ("standardize", "l2", {"image": "l2"}, {"text": "l2"}):
         ds = load(folder, normalize=spec)
@@ -78,7 +78,7 @@ def test_fingerprint_and_summary_record_it_only_when_set(folder):
         assert ds.summary()["normalization"] == ds.normalization
     assert len(prints) == 5
     # the record itself enters the fingerprint, not only the changed numbers
-    same_numbers = load(folder)
+    same_numbers = load(folder, normalize=None)
     same_numbers.normalization = {"image": "l2"}
     assert same_numbers.fingerprint != raw.fingerprint
 
@@ -86,7 +86,7 @@ def test_fingerprint_and_summary_record_it_only_when_set(folder):
 def test_synthetic_and_in_memory_datasets(folder):
     syn = load("synthetic", n_users=40, n_items=60, normalize="l2")
     assert syn.normalization == {m: "l2" for m in syn.modalities}
-    raw = load(folder)
+    raw = load(folder, normalize=None)
     assert load_dataset(raw) is raw
     assert load_dataset(raw, normalize="l2").fingerprint == load(folder, normalize="l2").fingerprint
     with pytest.raises(ValueError, match="normalised already"):
@@ -114,3 +114,20 @@ def test_cli_train_normalize(folder, tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["dataset"]["normalization"] == {"image": "standardize"}
     assert main(["train", "--data", str(folder), "--normalize", "image=minmax", "--quiet"]) == 2
+
+
+def test_the_loader_standardises_a_folder_by_default_and_keeps_the_as_read_fingerprint(folder):
+    from ckdlab.data import default_normalization
+    from ckdlab.data.normalize import DEFAULT_NORMALIZE
+
+    raw = load(folder, normalize=None)
+    default = load(folder)
+    assert DEFAULT_NORMALIZE == "standardize" and default_normalization(folder) == "standardize"
+    assert default.normalization == {m: "standardize" for m in raw.modalities}
+    assert default.fingerprint == load(folder, normalize="standardize").fingerprint != raw.fingerprint
+    assert default.raw_fingerprint == raw.fingerprint == raw.raw_fingerprint and raw.as_read_fingerprint is None
+    assert load_dataset(str(folder)).fingerprint == default.fingerprint
+    assert parse_normalize("default") == "default" and load(folder, normalize="default").fingerprint == \
+        default.fingerprint
+    # the generated dataset's features are drawn centred: as generated unless asked
+    assert default_normalization("synthetic") is None and load("synthetic", n_users=40, n_items=60).normalization is None

@@ -44,8 +44,12 @@ def test_lookup_matches_fingerprint_backbone_and_method_only(small, tmp_path):
     other = load("synthetic", n_users=120, n_items=100, seed=5)  # same name, other content: no match
     assert other.name == small.name and other.fingerprint != small.fingerprint
     assert tuned.lookup(other, "VBPR", "none", table) is None
-    with pytest.raises(ValueError, match="as read, not normalised"):
-        tuned.lookup(normalize_dataset(small, "standardize"), "VBPR", "none", table)
+    standardized = normalize_dataset(small, "standardize")  # entries are keyed by the data as read ...
+    assert standardized.raw_fingerprint == small.fingerprint
+    assert tuned.lookup(standardized, "VBPR", "none", table) is None  # ... and say how they normalised
+    row = tuned.TunedEntry(small.name, small.fingerprint, "VBPR", "ckd", {"lr": 0.004}, {"study": "s"},
+                           dict(standardized.normalization))
+    assert tuned.lookup(standardized, "VBPR", "ckd", [row]) is row and tuned.lookup(small, "VBPR", "ckd", [row]) is row
 
 
 def test_apply_tuned_sets_fields_backbone_and_method_params(small):
@@ -80,7 +84,7 @@ def test_cli_train_uses_tuned_settings_and_flags_override_them(small, tmp_path, 
     from ckdlab import cli
 
     folder = write_mmrec(small, tmp_path / "small")
-    data = load(str(folder))
+    data = load(str(folder), normalize=None)
     table = tmp_path / "t.json"
     tuned.record(entry(data, lr=0.004, reg_weight=0.002, max_epochs=2), table)
     monkeypatch.setattr(tuned, "TABLE_PATH", table)
@@ -143,3 +147,23 @@ def test_an_entry_says_how_to_normalise_and_a_given_normalisation_wins(monkeypat
     assert used == [(0.004, ["standardize"]), (0.004, ["standardize"]), (TrainConfig.lr, ["as read"]),
                     (TrainConfig.lr, ["l2"])]
     assert "features {" in capsys.readouterr().out
+
+
+def test_notebook_configs_use_an_entry_only_for_the_runs_it_covers(small, monkeypatch):
+    from ckdlab import experiments as ex
+
+    row = entry(small, "VBPR", "ckd", lr=0.004, max_epochs=3, **{"method.lambda_kd": 0.1})
+    monkeypatch.setattr("ckdlab.tuned.load_table", lambda path=None: [row])
+    configs = ex.table_configs(["VBPR"], ["none", "ckd"], [0, 1], tuned=small, max_epochs=9, lr=0.002)
+    plain, ckd = [c for c in configs if c.method == "none"], [c for c in configs if c.method == "ckd"]
+    assert {(c.lr, c.max_epochs) for c in plain} == {(0.002, 9)}  # no entry: the notebook's settings
+    assert {(c.lr, c.max_epochs, c.method_params["lambda_kd"]) for c in ckd} == {(0.004, 3, 0.1)}
+    assert [c.seed for c in ckd] == [0, 1]
+    assert ex.table_configs(["VBPR"], ["ckd"], [0], max_epochs=9, lr=0.002)[0].lr == 0.002  # tuned=None
+    variants = dict(ex.ablation_configs("VBPR", [0], tuned=small, max_epochs=9))
+    assert variants["CKD"] == ckd[0] and variants["w/o re-weight"].lr == 0.004
+    assert variants["w/o re-weight"].method_params["lambda_kd"] == 0.1
+    dyn = ex.tuned_config("VBPR", "ckd", small, seed=0, eval_by_modality=True, lr=0.002)
+    assert dyn.eval_by_modality and dyn.lr == 0.004
+    other = normalize_dataset(small, "l2")  # another normalisation than the entry's: not covered
+    assert ex.tuned_config("VBPR", "ckd", other, lr=0.002).lr == 0.002

@@ -37,6 +37,9 @@ class Dataset:
         ``{modality: "standardize" | "l2"}`` applied to the features by the loader
         (:func:`ckdlab.data.normalize.normalize_dataset`); None when the features
         are as read. Part of the fingerprint and the summary when set.
+    as_read_fingerprint : str or None
+        For normalised data, the fingerprint of the features as read (what the
+        shipped tuned settings are keyed by); None when the features are as read.
     """
 
     name: str
@@ -50,6 +53,7 @@ class Dataset:
     item_category: np.ndarray | None = None
     notes: dict = field(default_factory=dict)
     normalization: dict | None = None
+    as_read_fingerprint: str | None = None
     _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -110,6 +114,11 @@ class Dataset:
             **({"notes": dict(self.notes)} if self.notes else {}),
             **({"normalization": dict(self.normalization)} if self.normalization else {}),
         }
+
+    @property
+    def raw_fingerprint(self) -> str:
+        """The fingerprint of this data with its features as read (before any normalisation)."""
+        return self.as_read_fingerprint or self.fingerprint
 
     @cached_property
     def fingerprint(self) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .dataset import Dataset
 from .errors import DataError
-from .normalize import normalize_dataset
+from .normalize import DEFAULT, DEFAULT_NORMALIZE, normalize_dataset
 from .readers import LATTICE_DIR, LATTICE_FILES, read_lattice, read_mmrec
 from .synthetic import generate_synthetic
 
@@ -37,7 +37,13 @@ def detect_layout(folder: str | Path) -> str:
     return "lattice" if is_lattice else "mmrec"
 
 
-def load(path_or_name: str | Path, layout: str | None = None, normalize=None, **kw) -> Dataset:
+def default_normalization(path_or_name: str | Path):
+    """What ``load(path_or_name)`` normalises by default: nothing for ``"synthetic"`` (its features are
+    drawn centred), :data:`~ckdlab.data.normalize.DEFAULT_NORMALIZE` for a folder."""
+    return None if isinstance(path_or_name, str) and path_or_name == SYNTHETIC else DEFAULT_NORMALIZE
+
+
+def load(path_or_name: str | Path, layout: str | None = None, normalize="default", **kw) -> Dataset:
     """Load a dataset by name or folder.
 
     Parameters
@@ -47,9 +53,12 @@ def load(path_or_name: str | Path, layout: str | None = None, normalize=None, **
         MMRec or LATTICE layout (detected from its files).
     layout : {"mmrec", "lattice"}, optional
         Force a folder layout instead of detecting it.
-    normalize : None, "standardize", "l2" or dict, optional
+    normalize : "default", None, "standardize", "l2" or dict, optional
         Item-feature normalisation, for every modality or per modality
         (``{"image": "standardize", "text": "l2"}``); see :mod:`ckdlab.data.normalize`.
+        ``"default"``: :data:`~ckdlab.data.normalize.DEFAULT_NORMALIZE` for a folder
+        (real features are often un-centred), the features as generated for
+        ``"synthetic"`` (drawn centred by construction). None: features as read.
         Recorded in ``Dataset.normalization``, the fingerprint and ``summary()``.
     **kw
         For ``"synthetic"``: :class:`SyntheticConfig` field overrides
@@ -64,6 +73,8 @@ def load(path_or_name: str | Path, layout: str | None = None, normalize=None, **
     DataError
         When the folder is missing, of unknown layout, or its content invalid.
     """
+    if normalize == DEFAULT:
+        normalize = default_normalization(path_or_name)
     if isinstance(path_or_name, str) and path_or_name == SYNTHETIC:
         return normalize_dataset(generate_synthetic(**kw), normalize)
     if layout is None:

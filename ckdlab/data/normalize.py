@@ -25,9 +25,14 @@ import numpy as np
 from .dataset import Dataset
 
 NORMALIZATIONS = ("standardize", "l2")
-#: What ``ckdlab train`` / ``tune`` apply when neither ``--normalize`` nor a tuned entry says
-#: (chosen on validation across TikTok and Baby: ``benchmarks/normalize_choice.py``, README).
-DEFAULT_NORMALIZE = None
+#: What the loader applies to a dataset read from a folder unless told otherwise (``normalize="default"``),
+#: and ``ckdlab train`` / ``tune`` when neither ``--normalize`` nor a tuned entry says. Chosen on
+#: validation across TikTok and Baby (``benchmarks/normalize_choice.py``, README "Feature normalisation"):
+#: per column, so that un-centred features (TikTok's image features: mean 2.7) reach a linear
+#: projection centred and on one scale.
+DEFAULT_NORMALIZE = "standardize"
+#: The ``normalize`` argument that stands for :data:`DEFAULT_NORMALIZE`.
+DEFAULT = "default"
 
 
 def standardize_columns(x: np.ndarray) -> np.ndarray:
@@ -56,6 +61,8 @@ def resolve_normalization(spec, modalities) -> dict[str, str] | None:
     """
     if spec is None:
         return None
+    if isinstance(spec, str) and spec == DEFAULT:
+        return resolve_normalization(DEFAULT_NORMALIZE, modalities)
     modalities = tuple(modalities)
     if isinstance(spec, str):
         spec = {m: spec for m in modalities}
@@ -88,14 +95,18 @@ def normalize_dataset(dataset: Dataset, spec) -> Dataset:
         raise ValueError(f"dataset {dataset.name!r} is normalised already ({dataset.normalization}); "
                          "load it again with the normalisation wanted")
     features = {m: _FUNCTIONS[resolved[m]](f) if m in resolved else f for m, f in dataset.features.items()}
-    return dataclasses.replace(dataset, features=features, normalization=resolved)
+    return dataclasses.replace(dataset, features=features, normalization=resolved,
+                               as_read_fingerprint=dataset.fingerprint)
 
 
 def parse_normalize(text: str | None):
-    """The CLI form of a spec: ``standardize``, ``l2``, ``none``, ``image=standardize,text=l2`` or JSON."""
+    """The CLI form of a spec: ``standardize``, ``l2``, ``none``, ``default``, ``image=standardize,text=l2``
+    or JSON."""
     if text is None or text.strip().lower() in ("", "none"):
         return None
     text = text.strip()
+    if text.lower() == DEFAULT:
+        return DEFAULT
     if text.startswith("{"):
         return json.loads(text)
     if "=" not in text:
