@@ -198,7 +198,9 @@ class EgoGCN(Backbone):
         if missing:
             raise KeyError(f"EgoGCN was built for modalities {self.modalities}; inputs lack {sorted(missing)}")
         mod = self.modality_parts(inputs)
-        reps = torch.cat([self.id_part()] + [mod[m] for m in self.modalities], dim=1)
+        # the ID branch does not see the features: the passes of one training step share it
+        id_part = self.memoised(("id_part",), self.id_embedding, self.id_part)
+        reps = torch.cat([id_part] + [mod[m] for m in self.modalities], dim=1)
         return reps[: self.n_users], reps[self.n_users:]
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:

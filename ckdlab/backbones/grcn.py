@@ -149,6 +149,10 @@ class GRCN(Backbone):
                              persistent=False)
 
     # ------------------------------------------------------------------ pieces
+    def _routed(self, inputs: ModalityInputs, m: str) -> tuple[torch.Tensor, torch.Tensor]:
+        content = self._content(inputs, m)
+        return self._route(self.mean_user_preference(self.preference[m], inputs, m), content), content
+
     def _content(self, inputs: ModalityInputs, m: str) -> torch.Tensor:
         return l2_normalize(torch.tanh(self.projection[m](inputs[m])))
 
@@ -179,8 +183,10 @@ class GRCN(Backbone):
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:
         prefs, contents = [], []
         for m in self.modalities:
-            content = self._content(inputs, m)
-            pref = self._route(self.mean_user_preference(self.preference[m], inputs, m), content)
+            # one modality's content and routed preference depend on that modality alone: the passes of
+            # a training step that leave m in (CKD's channels) share them (Backbone.step_scope)
+            pref, content = self.memoised(("routed", m, inputs.is_ablated(m)), inputs[m],
+                                          lambda m=m: self._routed(inputs, m))
             prefs.append(pref)
             contents.append(content)
         w = self._edge_weights(prefs, contents)

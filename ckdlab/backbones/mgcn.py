@@ -228,13 +228,18 @@ class MGCN(Backbone):
         missing = set(self.modalities) - set(inputs.names)
         if missing:
             raise KeyError(f"MGCN was built for modalities {self.modalities}; inputs lack {sorted(missing)}")
-        content = self.id_view()
-        mods = [torch.cat(self.modality_view(inputs, m), dim=0) for m in self.modalities]
+        # Inside a training step (Backbone.step_scope) the passes of CKD's channels share what does not
+        # depend on the ablation: the ID view, the preference gates, each unablated modality's view.
+        content = self.memoised(("id_view",), self.user_embedding, self.id_view)
+        mods = [self.memoised(("view", m, inputs.is_ablated(m)), inputs[m],
+                              lambda m=m: torch.cat(self.modality_view(inputs, m), dim=0))
+                for m in self.modalities]
         att = torch.softmax(torch.cat([self.query_common(v) for v in mods], dim=1), dim=1)  # (N, M)
         common = sum(att[:, k:k + 1] * v for k, v in enumerate(mods))
         side = common
         for m, v in zip(self.modalities, mods):
-            side = side + torch.sigmoid(self.prefer_gate[m](content)) * (v - common)
+            gate = self.memoised(("gate", m), content, lambda m=m: torch.sigmoid(self.prefer_gate[m](content)))
+            side = side + gate * (v - common)
         return side / (len(self.modalities) + 1), content
 
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,8 +130,12 @@ class MMGCN(Backbone):
         reps = []
         for m in self.modalities:
             branch = self.branches[m]
-            pref = self.mean_user_preference(branch.preference, inputs, m)
-            reps.append(branch(pref, inputs[m], self.adj, self.id_embedding))
+            if inputs.is_ablated(m):
+                pref = self.mean_user_preference(branch.preference, inputs, m)
+                reps.append(branch(pref, inputs[m], self.adj, self.id_embedding))
+            else:  # the same in every pass of a training step that leaves m in (CKD's channels)
+                reps.append(self.memoised(("branch", m), inputs[m],
+                                          lambda b=branch, m=m: b(b.preference, inputs[m], self.adj, self.id_embedding)))
         rep = torch.stack(reps).mean(dim=0) if self.fusion == "mean" else torch.cat(reps, dim=1)
         return rep[: self.n_users], rep[self.n_users:]
 
