@@ -13,11 +13,17 @@ from .threads import ENV as THREADS_ENV
 def _metric_table(result) -> str:
     """A short plain-text table: overall and per-modality test metrics at K=20."""
     cols = ["recall@20", "ndcg@20", "precision@20"]
-    rows = [("all modalities", result.test)] + [(f"{m} channel", v) for m, v in result.test_by_modality.items()]
+    channels = result.test_by_modality
+    # a model that ignores the features (MF, LightGCN, Pop) scores every channel as the whole model
+    ignores_features = bool(channels) and all(v == result.test for v in channels.values())
+    rows = [("all modalities", result.test)] + ([] if ignores_features else
+                                                [(f"{m} channel", v) for m, v in channels.items()])
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{'test split':<{width}}" + "".join(f"{c:>14}" for c in cols)]
     for name, metrics in rows:
         lines.append(f"{name:<{width}}" + "".join(f"{metrics.get(c, float('nan')):>14.4f}" for c in cols))
+    if ignores_features:
+        lines.append("(each modality's channel scores the same: this model does not use the features)")
     valid = result.valid.get("recall@20", float("nan"))
     lines.append(f"best epoch {result.best_epoch} of {result.epochs_run}; valid recall@20 {valid:.4f}; "
                  f"{result.timing.get('train_seconds_per_epoch', 0):.2f} s/epoch on {result.timing.get('device')}")

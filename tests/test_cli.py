@@ -19,6 +19,13 @@ def test_train_prints_table_and_writes_json(tmp_path, capsys):
     assert "[cached result]" in capsys.readouterr().out
 
 
+def test_a_model_without_features_prints_no_channel_rows(tmp_path, capsys):
+    assert main(["train", "--data", "synthetic", "--backbone", "MF", "--epochs", "1", "--set", "batch_size=1024",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "text channel" not in text and "does not use the features" in text
+
+
 def test_data_summary_ok_and_error(tmp_path, capsys):
     assert main(["data", "summary", "synthetic"]) == 0
     assert json.loads(capsys.readouterr().out)["users"] == 2000
