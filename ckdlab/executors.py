@@ -17,11 +17,11 @@ Why it looks the way it does:
   once per process, rather than receiving a pickled copy with every task; the
   parent checks first that the source reproduces the dataset (same content
   fingerprint and name) and ships the Dataset itself when it does not.
-* Each worker sets torch's intra-op threads by the thread policy
-  (:mod:`ckdlab.threads`): ``CKDLAB_THREADS`` when set, else one thread per run
-  and one run per CPU. ``experiments.setup(threads)`` sets ``CKDLAB_THREADS``, so
-  a notebook's grid and its in-process runs use the same count (the count is
-  part of every result's key: it changes float sums).
+* Each worker sets torch's intra-op threads to ``CKDLAB_THREADS`` when set, else
+  to the parent's count, so every run computes exactly what it would in-process
+  (the count changes float sums and is part of every result's key).
+  ``experiments.setup(threads)`` (the notebooks, ``ckdlab report``: one thread)
+  sets both; the pool then runs one run per CPU.
 * Each run goes through :func:`ckdlab.experiments.run`, which writes its own
   cache entry under a lock: a cluster on a shared filesystem shares one store.
 * The default local pool uses the ``spawn`` start method: forking a process
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataWarning
-from .threads import available_cpus, choose_threads
+from .threads import available_cpus, env_threads
 
 
 #: ``grid(executor=INLINE)``: train in this process, one run after the other.
@@ -143,8 +143,16 @@ def can_spawn() -> bool:
 
 
 def grid_threads() -> int:
-    """Torch threads of each grid worker: ``CKDLAB_THREADS`` when set, else one (one run per core)."""
-    return choose_threads(concurrent_runs=available_cpus())
+    """Torch threads of each grid worker: ``CKDLAB_THREADS`` when set, else the parent's count.
+
+    A worker then computes exactly what the same run computes in the parent (the
+    thread count changes float sums and is part of the result key). The
+    notebooks and ``ckdlab report`` set one thread (``experiments.setup``), so
+    their grids run one thread per run and one run per CPU.
+    """
+    import torch
+
+    return env_threads() or torch.get_num_threads()
 
 
 def default_workers(n_tasks: int, threads: int) -> int:

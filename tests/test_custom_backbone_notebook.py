@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from conftest import make_tiny_dataset, write_mmrec
 from plugin_sources import write_model
@@ -97,7 +98,8 @@ def test_the_notebook_runs_a_file_backbone_and_a_second_run_reads_the_cache(tiny
     assert cached == total == 5
 
 
-def test_pilot_notebook_takes_a_file_backbone_and_keys_its_runs_by_name_and_source_hash(tiny_folder, tmp_path):
+def test_pilot_notebook_takes_a_file_backbone_and_keys_its_runs_by_name_and_source_hash(tiny_folder, tmp_path,
+                                                                                         monkeypatch):
     """``papermill notebooks/pilot.ipynb out.ipynb -p backbone path/to/model.py:PilotNet``."""
     path = write_model(tmp_path / "models", "PilotNet")
     cache = tmp_path / "cache"
@@ -106,6 +108,7 @@ def test_pilot_notebook_takes_a_file_backbone_and_keys_its_runs_by_name_and_sour
 
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     dataset = ex.load_dataset(str(tiny_folder))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: params["threads"])  # the keys of the notebook's runs
     entries = sorted((cache / "results").glob("*.json"))
     assert len(entries) == 3  # the multimodal model and one uni-modal model per modality
     for entry in entries:

@@ -38,11 +38,14 @@ def test_a_bad_environment_value_is_a_clear_error(monkeypatch, value):
         threads.choose_threads(0)
 
 
-def test_grid_workers_run_one_thread_each_unless_told(monkeypatch):
-    assert executors.grid_threads() == 1
+def test_grid_workers_use_the_parents_count_unless_told(monkeypatch):
+    torch.set_num_threads(1)
+    assert executors.grid_threads() == 1  # what a notebook's setup(1) gives: one run per CPU
     assert executors.default_workers(100, executors.grid_threads()) == threads.available_cpus()
-    monkeypatch.setenv(threads.ENV, "2")
-    assert executors.grid_threads() == 2
+    torch.set_num_threads(2)
+    assert executors.grid_threads() == 2  # a worker computes what the same run computes in the parent
+    monkeypatch.setenv(threads.ENV, "1")
+    assert executors.grid_threads() == 1
 
 
 def test_available_cpus_respects_a_container_quota(monkeypatch):
