@@ -44,6 +44,21 @@ def write_mmrec(dataset: Dataset, folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def one_thread_and_no_thread_setting_left_behind(monkeypatch):
+    """Every test starts at one thread and without ``CKDLAB_THREADS``; what a test sets (the CLI's thread
+    policy sets torch's count for the process, ``experiments.setup`` the variable) ends with it."""
+    import os
+
+    from ckdlab.threads import ENV
+
+    monkeypatch.delenv(ENV, raising=False)
+    torch.set_num_threads(1)
+    yield
+    os.environ.pop(ENV, None)
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return make_tiny_dataset()
