@@ -63,7 +63,6 @@ class _RowIndex:
     """A CSR matrix's structure as torch tensors, for vectorised row gathers on any device."""
 
     def __init__(self, matrix: sp.csr_matrix, device):
-        self.n_cols = matrix.shape[1]
         self.indptr = torch.as_tensor(matrix.indptr, dtype=torch.long, device=device)
         self.indices = torch.as_tensor(matrix.indices, dtype=torch.long, device=device)
 

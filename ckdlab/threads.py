@@ -3,8 +3,9 @@
 * **How many.** ``--threads N`` (or ``threads=N``) first, then the environment
   variable ``CKDLAB_THREADS``, else the CPUs this process may use (its affinity
   mask and, in a container, its CPU quota) divided by the number of runs that
-  share them: one thread per run inside grids and searches, all available
-  CPUs for a single ``ckdlab train``.
+  share them: all available CPUs for a single ``ckdlab train``, one thread per
+  trial for ``ckdlab tune``. Grid workers take the calling process's count
+  (:func:`ckdlab.executors.grid_threads`); the notebooks set one thread.
 * **Waiting.** OpenMP worker threads spin for a while after each parallel
   region by default; on a machine shared with other jobs that spinning takes
   cores the neighbours need, and a descheduled thread stalls every region.

@@ -59,7 +59,11 @@ def resolve_device(device: str) -> torch.device:
 def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
     """Adam over every parameter, as one fused kernel per parameter group: the same update as the
     default multi-tensor form (to float rounding) in one pass over the weights instead of several."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    params = list(model.parameters())
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # torch < 2.4 has no fused Adam on CPU (torch's version is in every result key)
+        return torch.optim.Adam(params, lr=lr)
 
 
 def seed_everything(seed: int) -> None:

@@ -84,9 +84,9 @@ def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float
     """
     n = len(batch.pos)
     items = torch.cat([batch.pos, batch.neg])
-    default_terms = (type(model).regularization is Backbone.regularization
-                     and type(model).auxiliary_loss is Backbone.auxiliary_loss)
-    if default_terms and model.computes_batch_rows:  # only the batch's rows, no full forward
+    default_l2 = type(model).regularization is Backbone.regularization
+    has_auxiliary = type(model).auxiliary_loss is not Backbone.auxiliary_loss
+    if default_l2 and not has_auxiliary and model.computes_batch_rows:  # only the batch's rows, no full forward
         user_reps = item_reps = None
         u, item_rows = model.batch_rows(inputs, batch.users, items)
     else:
@@ -97,12 +97,12 @@ def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float
     i, j = item_rows[:n], item_rows[n:]
     pos, neg = (u * i).sum(dim=-1), (u * j).sum(dim=-1)
     loss = bpr_loss(pos, neg)
-    if type(model).regularization is Backbone.regularization:  # the default: norms of the gathered rows
+    if default_l2:  # norms of the gathered rows
         reg = (u.pow(2).sum() + i.pow(2).sum() + j.pow(2).sum()) / (2 * max(n, 1))
     else:
         reg = model.regularization(user_reps, item_reps, batch.users, batch.pos, batch.neg)
     loss = loss + reg_weight * reg
-    if type(model).auxiliary_loss is not Backbone.auxiliary_loss:
+    if has_auxiliary:
         loss = loss + model.auxiliary_loss(user_reps, item_reps, batch.users, batch.pos, batch.neg)
     return loss, user_reps, item_reps, pos - neg
 
