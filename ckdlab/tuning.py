@@ -284,13 +284,25 @@ def _identity(data, base: TrainConfig, space: dict, epochs_budget: int, sampler:
             "base": base.identity()}
 
 
+# Config fields that once were part of a run's identity and no longer are (they never changed a
+# number): a study started before their retirement is still the same search.
+_RETIRED_BASE_FIELDS = ("eval_by_modality",)
+
+
+def _without_retired(stored: dict | None) -> dict | None:
+    if stored is None or "base" not in stored:
+        return stored
+    base = {k: v for k, v in stored["base"].items() if k not in _RETIRED_BASE_FIELDS}
+    return {**stored, "base": base}
+
+
 def _open_study(name: str, url: str, identity: dict, budget: dict, sampler, pruner, heartbeat_interval: int,
                 grace_period: int) -> optuna.Study:
     storage = studies.open_storage(url, heartbeat_interval, grace_period)
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
     identity = json.loads(json.dumps(identity))  # as the storage gives it back (tuples become lists)
-    stored = study.user_attrs.get("search")
+    stored = _without_retired(study.user_attrs.get("search"))
     if stored is None:
         study.set_user_attr("search", identity)
     elif stored != identity:

@@ -182,6 +182,24 @@ def test_a_study_refuses_another_search(small, tmp_path):
                     progress=False, final=False)
 
 
+
+def test_a_study_from_before_a_field_left_the_run_identity_still_resumes(small, tmp_path):
+    """``eval_by_modality`` was once part of a run's identity (it never changed a number); a study
+    that stored it in its search is the same search now, not another one."""
+    first = tuning.tune(small, "MF", "none", trials=1, epochs_budget=1, study_name="s", cache_dir=tmp_path,
+                        progress=False, final=False)
+    study = optuna.load_study(study_name="s", storage=storage_url("s", tmp_path))
+    search = study.user_attrs["search"]
+    study.set_user_attr("search", {**search, "base": {**search["base"], "eval_by_modality": False}})
+    again = tuning.tune(small, "MF", "none", trials=2, epochs_budget=1, study_name="s", cache_dir=tmp_path,
+                        progress=False, final=False)
+    assert again.spent["trials"] == 2  # the first trial counted once, not run again
+    assert again.trials.iloc[0].to_dict() == first.trials.iloc[0].to_dict()
+    study.set_user_attr("search", {**search, "base": {**search["base"], "lr": 0.5}})
+    with pytest.raises(ValueError, match="base"):
+        tuning.tune(small, "MF", "none", trials=2, epochs_budget=1, study_name="s", cache_dir=tmp_path,
+                    progress=False, final=False)
+
 # -- resuming a killed search ---------------------------------------------------------------------
 
 HANG_AT_TRIAL = """
