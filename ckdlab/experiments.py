@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
-from . import store
+from . import records, store
 from .cache import resolve_cache_dir
 from .config import TrainConfig
 from .executors import INLINE
@@ -178,25 +178,62 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
     dataset = load_dataset(dataset)
     if not use_cache:
         return fit(dataset, config, cache_dir=cache_dir, on_evaluation=on_evaluation)
+    key = result_key(config, dataset)
+    recorded = _recorded(config, key)
+    if recorded is not None:
+        return recorded
     path = result_path(config, dataset, cache_dir)
     result = read_result(path, quarantine_bad=False)  # fast path: renames are atomic, no lock needed
     if _serves(result, config):
-        return result
+        return _keep_record(key, result, config, dataset)
     with store.locked(path):
         result = read_result(path)  # another process may have written it while we waited
         if _serves(result, config):
-            return result
+            return _keep_record(key, result, config, dataset)
         failed = failure_path(config, dataset, cache_dir)
         try:
             result = fit(dataset, config, cache_dir=cache_dir, on_evaluation=on_evaluation)
         except TrainingDiverged as exc:
-            store.write_json(failed, failure_record(config, dataset, exc), schema=FAILURE_SCHEMA,
-                             format=RESULT_FORMAT, meta=entry_meta(config, dataset))
+            failure = failure_record(config, dataset, exc)
+            store.write_json(failed, failure, schema=FAILURE_SCHEMA, format=RESULT_FORMAT,
+                             meta=entry_meta(config, dataset))
+            _keep_record(key, failure, config, dataset)
             raise
         store.write_json(path, result.to_dict(), schema=RESULT_SCHEMA, format=RESULT_FORMAT,
                          meta=entry_meta(config, dataset))
         failed.unlink(missing_ok=True)  # a retried run that now succeeds is no longer a failure
-    return result
+    return _keep_record(key, result, config, dataset)
+
+
+def _recorded(config: TrainConfig, key: str) -> Result | None:
+    """The run's record when this process keeps records (:mod:`ckdlab.records`) and it has one.
+
+    Where runs come from records only, a run without one raises :class:`~ckdlab.records.MissingRecord`.
+    """
+    folder = records.records_dir()
+    if folder is None:
+        return None
+    result = records.read_result(folder, key)
+    if _serves(result, config):
+        return result
+    if records.records_only():
+        raise records.MissingRecord(records.missing_message(config, key, folder))
+    return None
+
+
+def _keep_record(key: str, outcome: Result | dict, config: TrainConfig, dataset):
+    """Write ``outcome``'s record (a Result or a failure record) when this process keeps records and
+    the run has none yet (a result record also replaces a failure record); returns ``outcome``."""
+    folder = records.records_dir()
+    if folder is None:
+        return outcome
+    if isinstance(outcome, Result):
+        if not records.result_record_path(folder, key).exists() or not _serves(records.read_result(folder, key),
+                                                                               config):
+            records.write_result(folder, key, outcome, meta=entry_meta(config, dataset))
+    elif not records.has_record(folder, key):
+        records.write_failure(folder, key, outcome, meta=entry_meta(config, dataset))
+    return outcome
 
 
 # -- session set-up ----------------------------------------------------------------------------
@@ -535,8 +572,9 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
     outcomes: list[Result | dict | None] = [None] * len(items)
     bar = _progress(len(items), progress, desc=f"runs on {data.name}")
     if use_cache:
-        for i, (_, config) in enumerate(items):
-            outcomes[i] = _lookup(config, data, cache_dir, retry_failed)
+        for i, ((_, config), key) in enumerate(zip(items, keys)):
+            outcomes[i] = _lookup(config, data, cache_dir, retry_failed, key)
+        _require_records(items, keys, outcomes)
     tasks, first_of = [], {}  # with the cache, a configuration listed twice trains once
     for i, key in enumerate(keys):
         if outcomes[i] is None and not (use_cache and key in first_of):
@@ -549,7 +587,7 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
         bar.set_postfix_str(f"{config.backbone}/{config.method}{'/' + label if label else ''} seed {config.seed}")
 
     def done(i: int, outcome: Result | dict) -> None:
-        outcomes[i] = outcome
+        outcomes[i] = _keep_record(keys[i], outcome, items[i][1], data) if use_cache else outcome
         show(i)  # in parallel: the run that finished last
         bar.update(1)
 
@@ -573,18 +611,38 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
     return (frame, results) if return_results else frame
 
 
-def _lookup(config: TrainConfig, data, cache_dir, retry_failed: bool) -> Result | dict | None:
-    """The cached Result or (unless ``retry_failed``) the failure record of ``config``; None: train it.
+def _lookup(config: TrainConfig, data, cache_dir, retry_failed: bool, key: str) -> Result | dict | None:
+    """The recorded or cached Result or (unless ``retry_failed``) failure record of ``config``; None: train it.
 
-    Bad entries count as missing here; :func:`run` reports and replaces them under their lock.
+    Records (:mod:`ckdlab.records`) come first; a run found only in the cache gets its record written.
+    Bad cache entries count as missing here; :func:`run` reports and replaces them under their lock.
     """
+    folder = records.records_dir()
+    if folder is not None:
+        result = records.read_result(folder, key)
+        if _serves(result, config):
+            return result
+        failure = None if retry_failed else records.read_failure(folder, key)
+        if failure is not None or records.records_only():
+            return failure
     result = read_result(result_path(config, data, cache_dir), quarantine_bad=False)
     if _serves(result, config):
-        return result
+        return _keep_record(key, result, config, data)
     if result is not None or retry_failed:  # lacks the channel curves asked for: train it again
         return None
     record = read_failure(failure_path(config, data, cache_dir))
-    return None if record is None else {**record, "cached": True}
+    return None if record is None else _keep_record(key, {**record, "cached": True}, config, data)
+
+
+def _require_records(items, keys, outcomes) -> None:
+    """Where runs come from records only, every run must have been found: else one error naming the missing."""
+    if not records.records_only():
+        return
+    missing = [(config, key) for (_, config), key, outcome in zip(items, keys, outcomes) if outcome is None]
+    if missing:
+        config, key = missing[0]
+        more = f" ({len(missing)} of {len(items)} runs have none; this is the first)" if len(missing) > 1 else ""
+        raise records.MissingRecord(records.missing_message(config, key, records.records_dir()) + more)
 
 
 def _as_cached(outcome: Result | dict) -> Result | dict:
@@ -672,8 +730,14 @@ def cache_status(runs) -> str:
 def load_results(frame, cache_dir=None) -> list[Result | None]:
     """The cached Result behind each row of a :func:`grid` frame (by its ``key`` column); None for failed runs."""
     root = resolve_cache_dir(cache_dir) / "results"
+    folder = records.records_dir()
     failed = frame["status"].eq("failed").tolist() if "status" in frame.columns else [False] * len(frame)
-    return [None if bad else Result.from_json(root / f"{k}.json") for k, bad in zip(frame["key"], failed)]
+
+    def load(key: str) -> Result:
+        recorded = None if folder is None else records.read_result(folder, key)
+        return recorded if recorded is not None else Result.from_json(root / f"{key}.json")
+
+    return [None if bad else load(k) for k, bad in zip(frame["key"], failed)]
 
 
 # -- the pilot study (paper section 2.3, Figure 1) ------------------------------------------------

@@ -7,6 +7,12 @@ figures are written next to it as PNG and SVG), then rendered to
 parameters, the timing and the outcome of every notebook, and
 ``<out>/index.html`` links every report found under ``<out>``.
 
+Every run behind a report is recorded in ``<out>/<dataset>/runs/`` (compact,
+gzip-compressed, no weights: :mod:`ckdlab.records`), so the report travels with
+its evidence: ``ckdlab report --from-records`` rebuilds it from those records on
+any machine without training, and a report continued on another machine never
+retrains a recorded run.
+
 Parameters reach the notebooks' ``parameters`` cells in this order (later wins):
 the notebook's own defaults, the preset for the dataset (:data:`PRESETS`, keyed
 by the dataset's folder name; ``--no-preset`` skips it), a JSON file
@@ -19,6 +25,7 @@ Examples::
     ckdlab report                                   # synthetic, notebook defaults
     ckdlab report --data ../shared/data/tiktok ../shared/data/baby
     ckdlab report --data synthetic -p max_epochs=5 -p 'seeds=[0]' --notebooks pilot dynamics
+    ckdlab report --data ../shared/data/tiktok --from-records   # no training: the committed runs
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import records
 from .config import parse_setting as parse_config_setting
 from .result import atomic_write_text
 
@@ -47,6 +55,8 @@ TITLES = {
     "dynamics": "CKD training dynamics: rho and lambda",
 }
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+#: Sub-folder of ``<out>/<dataset>/`` holding the report's run records (:mod:`ckdlab.records`).
+RUNS_FOLDER = "runs"
 
 ALL_BACKBONES = ["VBPR", "DeepStyle", "MMGCN", "GRCN", "EgoGCN", "MGCN"]
 
@@ -140,7 +150,7 @@ def _portable(parameters: dict, out_dir: Path) -> dict:
     """Parameters without machine paths: the dataset folder relative to ``out_dir``, no cache folder.
 
     The notebook runs in ``out_dir``, so a relative dataset path resolves the same; the
-    cache folder reaches it through ``$CKDLAB_CACHE`` instead (see :func:`_cache_env`),
+    cache folder reaches it through ``$CKDLAB_CACHE`` instead (see :func:`_run_environment`),
     so neither the committed notebook nor its HTML names a folder of this machine.
     """
     out = {k: v for k, v in parameters.items() if k != "cache_dir"}
@@ -151,30 +161,44 @@ def _portable(parameters: dict, out_dir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def _cache_env(cache_dir):
-    """``$CKDLAB_CACHE`` set to ``cache_dir`` (absolute) while a notebook kernel starts and runs."""
-    if cache_dir is None:
-        yield
-        return
-    old = os.environ.get("CKDLAB_CACHE")
-    os.environ["CKDLAB_CACHE"] = str(Path(cache_dir).expanduser().resolve())
+def _environment(values: dict):
+    """Environment variables set (a value) or unset (None) while a notebook kernel starts and runs."""
+    old = {name: os.environ.get(name) for name in values}
     try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = str(value)
         yield
     finally:
-        if old is None:
-            os.environ.pop("CKDLAB_CACHE", None)
-        else:
-            os.environ["CKDLAB_CACHE"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_environment(cache_dir, runs_dir, from_records: bool) -> dict:
+    """``$CKDLAB_CACHE`` (absolute, when given), the records folder and whether runs come from it only."""
+    values = {records.RECORDS_ENV: None if runs_dir is None else str(Path(runs_dir).resolve()),
+              records.ONLY_ENV: "1" if from_records else None}
+    if cache_dir is not None:
+        values["CKDLAB_CACHE"] = str(Path(cache_dir).expanduser().resolve())
+    return values
 
 
 def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir: Path = NOTEBOOK_DIR,
-                     kernel_name: str | None = None, timeout: int | None = None) -> dict:
+                     kernel_name: str | None = None, timeout: int | None = None, runs_dir: Path | None = None,
+                     from_records: bool = False) -> dict:
     """Run one notebook with papermill into ``out_dir``; returns a record of what ran.
 
     Only the parameters the notebook declares are passed; ``figures_dir`` is
     ``"."``: the notebook runs in ``out_dir`` and saves its figures there (a
     relative path keeps machine-specific paths out of the committed reports). The executed
     notebook is written even when a cell fails (papermill marks the failing cell).
+    ``runs_dir``: the run records folder of its runs (:mod:`ckdlab.records`); ``from_records``:
+    its runs come from there only (nothing trains).
     """
     import papermill as pm
 
@@ -191,7 +215,7 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict, *, notebook_dir
               "code": code_version()}
     start = time.perf_counter()
     try:
-        with _cache_env(cache_dir):
+        with _environment(_run_environment(cache_dir, runs_dir, from_records)):
             pm.execute_notebook(str(source), str(target), parameters=params, cwd=str(out_dir), kernel_name=kernel_name,
                                 progress_bar=False, log_output=False, execution_timeout=timeout)
     except Exception as exc:  # noqa: BLE001 -- recorded, the report goes on with the next notebook
@@ -321,6 +345,17 @@ def build_index(root: str | Path = "reports") -> Path:
     return target
 
 
+def _recorded_parameters(folder: Path) -> dict[str, dict]:
+    """Per notebook, the parameters ``folder``'s report was executed with (its ``report.json``)."""
+    path = folder / "report.json"
+    try:
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {rec["notebook"]: {k: v for k, v in rec.get("parameters", {}).items() if k != "figures_dir"}
+            for rec in manifest.get("notebooks", []) if "notebook" in rec}
+
+
 def _earlier_records(folder: Path, exclude) -> list[dict]:
     """Records of notebooks an earlier report run wrote to ``folder`` and this run does not redo.
 
@@ -349,8 +384,15 @@ def _write_manifest(folder: Path, manifest: dict, earlier: list[dict]) -> None:
 def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "reports", *, preset: bool = True,
            params_file: dict | None = None, overrides: dict | None = None, kernel_name: str | None = None,
            html_output: bool = True, timeout: int | None = None, notebook_dir: Path = NOTEBOOK_DIR,
-           stop_on_error: bool = False, log=None) -> list[dict]:
-    """Execute ``notebooks`` for every dataset into ``out/<dataset>/``; returns one manifest per dataset."""
+           stop_on_error: bool = False, log=None, keep_records: bool = True,
+           from_records: bool = False) -> list[dict]:
+    """Execute ``notebooks`` for every dataset into ``out/<dataset>/``; returns one manifest per dataset.
+
+    ``keep_records``: every run of the report is recorded in ``out/<dataset>/runs/``
+    (:mod:`ckdlab.records`); a run recorded there is never trained again.
+    ``from_records``: the runs come from those records only; nothing trains and a
+    missing record fails its notebook (rebuilding a committed report on any machine).
+    """
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out)
     unknown = [n for n in notebooks if not (Path(notebook_dir) / f"{n}.ipynb").exists()]
@@ -365,16 +407,25 @@ def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "repo
         manifest = {"dataset": label, "parameters": shown,
                     "generated": _dt.datetime.now().isoformat(timespec="seconds"), "notebooks": []}
         earlier = _earlier_records(folder, exclude=notebooks)
+        runs_dir = folder / RUNS_FOLDER if keep_records or from_records else None
+        if from_records and not (runs_dir.is_dir() and any(runs_dir.iterdir())):
+            raise FileNotFoundError(f"--from-records: no run records in {label}/{RUNS_FOLDER}/ under {out}")
+        manifest["from_records"] = bool(from_records)
+        recorded = _recorded_parameters(folder) if from_records else {}
         for name in notebooks:
             log(f"[{label}] {name} ...")
             nb_params = {k: v for k, v in params.items() if k != "notebooks"}
             nb_params.update((params.get("notebooks") or {}).get(name, {}))
+            if from_records:  # the parameters the report was made with, then what this call sets
+                nb_params = {**nb_params, **recorded.get(name, {}), **(overrides or {})}
             rec = execute_notebook(name, folder, nb_params, notebook_dir=notebook_dir, kernel_name=kernel_name,
-                                   timeout=timeout)
+                                   timeout=timeout, runs_dir=runs_dir, from_records=from_records)
             if html_output and (folder / rec["ipynb"]).exists():
                 rec["html"] = render_html(folder / rec["ipynb"]).name
             rec["generated"] = _dt.datetime.now().isoformat(timespec="seconds")
             manifest["notebooks"].append(rec)
+            if runs_dir is not None:
+                manifest["records"] = records.summary(runs_dir)
             log(f"[{label}] {name}: {'ok' if rec['ok'] else rec['error']} ({rec['seconds']} s)")
             _write_manifest(folder, manifest, earlier)
             if not rec["ok"] and stop_on_error:
@@ -405,6 +456,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML rendering")
     parser.add_argument("--stop-on-error", action="store_true", help="stop at the first failing notebook")
+    parser.add_argument("--from-records", action="store_true",
+                        help=f"rebuild from the run records in <out>/<dataset>/{RUNS_FOLDER}/ only: nothing trains, "
+                             "the cache is not read, a run without a record fails its notebook")
+    parser.add_argument("--no-records", action="store_true",
+                        help=f"do not record the runs in <out>/<dataset>/{RUNS_FOLDER}/")
     return parser
 
 
@@ -424,7 +480,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     params_file = json.loads(Path(args.params_file).read_text()) if args.params_file else None
     manifests = report(args.data, args.notebooks, args.out, preset=not args.no_preset, params_file=params_file,
                        overrides=overrides, kernel_name=args.kernel, html_output=not args.no_html,
-                       timeout=args.timeout, stop_on_error=args.stop_on_error)
+                       timeout=args.timeout, stop_on_error=args.stop_on_error, keep_records=not args.no_records,
+                       from_records=args.from_records)
     failed = [(m["dataset"], r["notebook"]) for m in manifests for r in m["notebooks"] if not r["ok"]]
     print(f"index: {Path(args.out) / 'index.html'}")
     if failed:

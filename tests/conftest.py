@@ -50,9 +50,12 @@ def one_thread_and_no_thread_setting_left_behind(monkeypatch):
     policy sets torch's count for the process, ``experiments.setup`` the variable) ends with it."""
     import os
 
+    from ckdlab.records import ONLY_ENV, RECORDS_ENV
     from ckdlab.threads import ENV
 
     monkeypatch.delenv(ENV, raising=False)
+    for name in (RECORDS_ENV, ONLY_ENV):  # a developer's records folder stays out of the tests
+        monkeypatch.delenv(name, raising=False)
     torch.set_num_threads(1)
     yield
     os.environ.pop(ENV, None)

@@ -1,0 +1,163 @@
+"""Run records: every run behind a report, compact enough to commit and portable to any machine.
+
+A record is one finished run as :class:`~ckdlab.result.Result` holds it
+(configuration, dataset summary, metrics, history, CKD trace and teachers'
+scores, provenance: numbers-version, commit, torch, CPU, threads) or the
+failure record of a run that diverged. It holds no weights, no teachers'
+weights and no checkpoints, and no absolute path of the machine that made it
+(a path keeps only its last component; host names and process ids are dropped).
+
+A record is named by the run's result key, the same key as its cache entry
+(configuration identity, data fingerprint, numbers identity: see
+:func:`ckdlab.experiments.result_key`), so a run is found by what it is, and
+code that computes other numbers never finds it: one report, one numbers-version.
+It is gzip-compressed JSON behind the cache's integrity header
+(:func:`ckdlab.store.write_blob`), written atomically.
+
+Where records live: the folder named by ``$CKDLAB_RECORDS``. ``ckdlab report``
+sets it to ``<out>/<dataset>/runs`` for the notebooks it executes, so every run
+of a committed report is committed next to it. There, a run with a record is
+never trained again (on this machine or another), and a run read from the cache
+gets its record written. With ``$CKDLAB_RECORDS_ONLY=1`` (``ckdlab report
+--from-records``) the cache is not read and a run without a record is an error
+(:class:`MissingRecord`) instead of a training run.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from pathlib import Path
+
+from . import store
+from .result import Result
+
+#: Folder of run records for this process and its workers (notebook kernels, grid workers).
+RECORDS_ENV = "CKDLAB_RECORDS"
+#: "1": runs come from records only; nothing trains and the cache is not read.
+ONLY_ENV = "CKDLAB_RECORDS_ONLY"
+
+RECORD_SCHEMA = "ckdlab.run-record"
+FAILURE_RECORD_SCHEMA = "ckdlab.run-failure-record"
+RECORD_FORMAT = 1
+#: The most the committed records may take, in all (``reports/*/runs``).
+SIZE_BUDGET_BYTES = 30 * 2**20
+
+_RESULT_SUFFIX = ".json.gz"
+_FAILURE_SUFFIX = ".failed.json.gz"
+#: Fields of a failure record that only say which machine or process it was.
+_MACHINE_FIELDS = ("host", "pid")
+_ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/])")
+
+
+class MissingRecord(LookupError):
+    """A run was asked for that has no record, where runs may only come from records."""
+
+
+def records_dir() -> Path | None:
+    """The records folder of this process (``$CKDLAB_RECORDS``), or None."""
+    folder = os.environ.get(RECORDS_ENV)
+    return Path(folder).expanduser() if folder else None
+
+
+def records_only() -> bool:
+    """Whether runs must come from records (``$CKDLAB_RECORDS_ONLY=1``): no training, no cache."""
+    return os.environ.get(ONLY_ENV, "") == "1" and records_dir() is not None
+
+
+def result_record_path(folder: Path, key: str) -> Path:
+    return Path(folder) / f"{key}{_RESULT_SUFFIX}"
+
+
+def failure_record_path(folder: Path, key: str) -> Path:
+    return Path(folder) / f"{key}{_FAILURE_SUFFIX}"
+
+
+def portable(value):
+    """``value`` with every absolute path cut to its last component (recursively)."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and _ABSOLUTE.match(value) and "\n" not in value:
+        return Path(value).name or value
+    return value
+
+
+def _encode(payload: dict) -> bytes:
+    # mtime=0: the same record compresses to the same bytes, so rewriting it changes nothing in git
+    return gzip.compress(store.canonical_json(payload), compresslevel=9, mtime=0)
+
+
+def _decode(path: Path, schema: str) -> dict | None:
+    """The payload of the record at ``path``; None when absent. A damaged record is an error: it is committed
+    evidence, never silently replaced."""
+    if not path.exists():
+        return None
+    raw = store.read_blob(path, schema=schema, format=RECORD_FORMAT)
+    try:
+        return json.loads(gzip.decompress(raw))
+    except (OSError, ValueError) as exc:
+        raise store.CorruptEntry(path, f"not gzip-compressed JSON: {exc}") from None
+
+
+def write_result(folder: Path, key: str, result: Result, meta: dict | None = None) -> Path:
+    """Record ``result`` as ``<folder>/<key>.json.gz`` (replacing a failure record of the same run)."""
+    payload = {k: v for k, v in portable(result.to_dict()).items() if k != "cached"}
+    path = result_record_path(folder, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.write_blob(path, _encode(payload), schema=RECORD_SCHEMA, format=RECORD_FORMAT, meta=meta)
+    failure_record_path(folder, key).unlink(missing_ok=True)
+    return path
+
+
+def write_failure(folder: Path, key: str, failure: dict, meta: dict | None = None) -> Path:
+    """Record a diverged run's failure record (see :func:`ckdlab.experiments.failure_record`)."""
+    payload = portable({k: v for k, v in failure.items() if k not in _MACHINE_FIELDS and k != "cached"})
+    path = failure_record_path(folder, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.write_blob(path, _encode(payload), schema=FAILURE_RECORD_SCHEMA, format=RECORD_FORMAT, meta=meta)
+    return path
+
+
+def read_result(folder: Path, key: str) -> Result | None:
+    """The recorded Result of run ``key`` (marked ``cached`` and ``from_record``), or None."""
+    payload = _decode(result_record_path(folder, key), RECORD_SCHEMA)
+    if payload is None:
+        return None
+    result = Result.from_dict(payload)
+    result.extras.update(cached=True, from_record=True)
+    return result
+
+
+def read_failure(folder: Path, key: str) -> dict | None:
+    """The recorded failure of run ``key`` (marked ``cached``), or None."""
+    payload = _decode(failure_record_path(folder, key), FAILURE_RECORD_SCHEMA)
+    return None if payload is None else {**payload, "cached": True}
+
+
+def has_record(folder: Path, key: str) -> bool:
+    return result_record_path(folder, key).exists() or failure_record_path(folder, key).exists()
+
+
+def summary(folder: Path) -> dict:
+    """How many records ``folder`` holds, their bytes, and the numbers identities they were made under."""
+    folder = Path(folder)
+    files = sorted(folder.glob(f"*{_RESULT_SUFFIX}")) if folder.is_dir() else []
+    results = [p for p in files if not p.name.endswith(_FAILURE_SUFFIX)]
+    identities = {}
+    for path in results:
+        meta = (store.read_header(path) or {}).get("meta") or {}
+        ident = {k: meta.get(k) for k in ("numbers_version", "torch", "device", "threads")}
+        identities[json.dumps(ident, sort_keys=True)] = ident
+    return {"records": len(results), "failed": len(files) - len(results),
+            "bytes": sum(p.stat().st_size for p in files),
+            "numbers": [identities[k] for k in sorted(identities)]}
+
+
+def missing_message(config, key: str, folder: Path) -> str:
+    return (f"no run record for {config.backbone}/{config.method} seed {config.seed} (key {key}) in "
+            f"{Path(folder).name}/: runs here come from records only ({ONLY_ENV}=1, ckdlab report --from-records). "
+            f"Records are made by code of the same numbers-version and thread count; run `ckdlab report` "
+            f"without --from-records to train what is missing")
