@@ -374,6 +374,12 @@ def table_configs(backbones: str | Iterable[str] = ("VBPR",), methods: Iterable[
     return [tuned_config(b, m, tuned, seed=s, **kw) for b in backbones for m in methods for s in seeds]
 
 
+def reference_configs(references: Iterable[str] = ("Pop", "MF", "LightGCN"), seeds: Iterable[int] = (0,),
+                      tuned=None, **kw) -> list[TrainConfig]:
+    """Table 1's reference rows: each ID-only model once per seed, trained like a backbone without a method."""
+    return [tuned_config(r, "none", tuned, seed=s, **kw) for r in references for s in seeds]
+
+
 def ablation_configs(backbones: str | Iterable[str] = ("VBPR",), seeds: Iterable[int] = (0,),
                      variants: Mapping[str, dict] | None = None, method_params: dict | None = None,
                      tuned=None, **kw) -> list[tuple[str, TrainConfig]]:
@@ -432,6 +438,8 @@ def result_row(result: Result, *, key: str | None = None, variant: str | None = 
     row.update({
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        # ended at its epoch cap (early stopping did not end it); untrained models (Pop) never do
+        "reached_cap": bool(0 < result.epochs_run >= result.config.get("max_epochs", float("inf"))),
         "sec_per_epoch": result.timing.get("train_seconds_per_epoch"),
         "eval_seconds": result.timing.get("eval_seconds"),
         "train_seconds": result.timing.get("total_train_seconds"),

@@ -142,18 +142,21 @@ def has_record(folder: Path, key: str) -> bool:
 
 
 def summary(folder: Path) -> dict:
-    """How many records ``folder`` holds, their bytes, and the numbers identities they were made under."""
+    """How many records ``folder`` holds, their bytes, the numbers identities they were made under and the
+    time their training epochs took (seconds; CKD's teachers, trained inside a CKD run's set-up, and
+    the evaluations are not in it)."""
     folder = Path(folder)
     files = sorted(folder.glob(f"*{_RESULT_SUFFIX}")) if folder.is_dir() else []
     results = [p for p in files if not p.name.endswith(_FAILURE_SUFFIX)]
-    identities = {}
+    identities, seconds = {}, 0.0
     for path in results:
         meta = (store.read_header(path) or {}).get("meta") or {}
         ident = {k: meta.get(k) for k in ("numbers_version", "torch", "device", "threads")}
         identities[json.dumps(ident, sort_keys=True)] = ident
+        seconds += float((_decode(path, RECORD_SCHEMA).get("timing") or {}).get("total_train_seconds") or 0.0)
     return {"records": len(results), "failed": len(files) - len(results),
             "bytes": sum(p.stat().st_size for p in files),
-            "numbers": [identities[k] for k in sorted(identities)]}
+            "numbers": [identities[k] for k in sorted(identities)], "train_seconds": round(seconds, 1)}
 
 
 def missing_message(config, key: str, folder: Path) -> str:

@@ -303,13 +303,73 @@ def _figures(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.suffix in (".png", ".svg"))
 
 
+def _summary_cell(entry: dict | None, link: str) -> str:
+    """One cell of the summary page: CKD's improvement with its interval, coloured by what the interval says."""
+    if entry is None or entry.get("improv_pct") is None:
+        return "<td>–</td>"
+    low, high = entry.get("ci_low_pct"), entry.get("ci_high_pct")
+    if low is None or high is None:
+        colour, interval = "#eeeeee", f"n={entry.get('n_pairs', 1)}: no interval"
+    else:
+        colour = "#c8e6c9" if low > 0 else "#ffcdd2" if high < 0 else "#eeeeee"
+        interval = f"[{low:+.1f}%, {high:+.1f}%]"
+    holm = entry.get("p_holm")
+    p_text = "" if holm is None else f"<br><small>p (Holm) {holm:.3g}</small>"
+    cap = " †" if entry.get("capped") else ""
+    return (f'<td style="background:{colour}"><a href="{html.escape(link)}">{entry["improv_pct"]:+.1f}%{cap}</a>'
+            f"<br><small>{interval}</small>{p_text}</td>")
+
+
+def _summary_table(folders: list[Path]) -> str:
+    """Backbones x datasets: CKD's relative improvement of test Recall@20 per report (its Table 1)."""
+    summaries = {}
+    for folder in folders:
+        path = folder / "table1_summary.json"
+        if path.is_file():
+            summaries[folder.name] = json.loads(path.read_text())
+    if not summaries:
+        return ""
+    backbones = list(dict.fromkeys(b for s in summaries.values() for b in s.get("backbones", {})))
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in summaries)
+    rows = []
+    for b in backbones:
+        cells = "".join(_summary_cell(s.get("backbones", {}).get(b), f"{name}/main_table.html")
+                        for name, s in summaries.items())
+        rows.append(f"<tr><th>{html.escape(b)}</th>{cells}</tr>")
+    provenance = "".join(f"<li>{html.escape(name)}: {html.escape(s.get('provenance', ''))}</li>"
+                         for name, s in summaries.items())
+    return ("<h2>CKD's improvement over each backbone</h2>\n"
+            "<p>Relative improvement of the mean test Recall@20 over seeds (CKD vs the plain backbone, "
+            "Table 1 of each report), its 95% interval (paired t-interval over seeds) and the paired test's "
+            "p-value Holm-corrected across the backbones of the dataset. Green: the interval lies above zero; "
+            "red: below; grey: it contains zero or there is one seed. † some run ended at its epoch cap. "
+            "Each cell links to its Table 1.</p>\n"
+            f"<table><tr><th>backbone</th>{head}</tr>\n" + "\n".join(rows) + "</table>\n"
+            f"<ul>{provenance}</ul>\n")
+
+
+def _cost_line(manifest: dict) -> str:
+    seconds = sum(float(rec.get("seconds") or 0) for rec in manifest.get("notebooks", []))
+    recorded = manifest.get("records") or {}
+    numbers = "/".join(sorted({f"v{n.get('numbers_version')}" for n in recorded.get("numbers", [])})) or "?"
+    parts = [f"notebooks' wall time {seconds / 3600:.2f} h"]
+    if recorded:
+        parts.append(f"{recorded.get('records', 0)} run records ({recorded.get('bytes', 0) / 2**20:.1f} MiB, "
+                     f"numbers {numbers}, training epochs {float(recorded.get('train_seconds') or 0) / 3600:.2f} h)")
+    if manifest.get("from_records"):
+        parts.append("rebuilt from the records (nothing trained)")
+    return "; ".join(parts)
+
+
 def build_index(root: str | Path = "reports") -> Path:
-    """Write ``<root>/index.html`` linking every ``<root>/<dataset>/report.json`` found."""
+    """Write ``<root>/index.html``: CKD's improvement per backbone and dataset (from each report's
+    ``table1_summary.json``), then every ``<root>/<dataset>/report.json`` found, with its cost."""
     root = Path(root)
-    sections = []
+    sections, folders = [], []
     for manifest_path in sorted(root.glob("*/report.json")):
         manifest = json.loads(manifest_path.read_text())
         folder = manifest_path.parent
+        folders.append(folder)
         rows = []
         for rec in manifest.get("notebooks", []):
             name = rec["notebook"]
@@ -327,12 +387,13 @@ def build_index(root: str | Path = "reports") -> Path:
         figures = " ".join(f'<a href="{folder.name}/{f}">{html.escape(f)}</a>' for f in _figures(folder))
         sections.append(
             f"<h2>{html.escape(folder.name)}</h2>\n"
-            f"<p>dataset: <code>{html.escape(str(manifest.get('dataset')))}</code></p>\n"
+            f"<p>dataset: <code>{html.escape(str(manifest.get('dataset')))}</code>; "
+            f"cost: {html.escape(_cost_line(manifest))}</p>\n"
             f"<table><tr><th>notebook</th><th></th><th>code</th><th>time</th><th>status</th><th>generated</th>"
             f"<th>run sizes</th></tr>\n" + "\n".join(rows)
             + "</table>\n"
             + (f"<p>figures: {figures}</p>\n" if figures else ""))
-    body = "\n".join(sections) or "<p>No reports yet: run <code>ckdlab report</code>.</p>"
+    body = _summary_table(folders) + ("\n".join(sections) or "<p>No reports yet: run <code>ckdlab report</code>.</p>")
     page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ckdlab reports</title>\n"
             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
             "td,th{padding:.2em .8em;text-align:left}pre{background:#f6f6f6;padding:.5em}</style></head>\n"

@@ -15,6 +15,11 @@ Statistics: mean and sample standard deviation (ddof=1) over seeds; the std is
 NaN, and not shown, for a single seed. CKD's improvement is tested with a
 paired t-test over seeds (``scipy.stats.ttest_rel``, runs paired by seed);
 with fewer than two paired seeds the p-value is NaN and the ``note`` column says why.
+Its 95% confidence interval is the t-interval of the mean paired difference
+(n - 1 degrees of freedom) divided by the backbone's mean, so it is on the same
+scale as the improvement itself; p-values are also given Holm-corrected across
+the backbones of a dataset and metric (:func:`holm`), the family a reader of the
+whole table scans.
 
 Failed runs (grid rows with ``status == "failed"``, NaN metrics) never enter a
 statistic: they are dropped with a warning that counts them, and
@@ -40,7 +45,13 @@ METHOD_LABELS = {"none": None, "gb": "+GB", "ogm": "+OGM", "ckd": "+CKD"}  # Non
 TABLE2_ROWS = ("backbone", "uni-teacher", "GB", "OGM", "CKD")
 TABLE2_SOURCES = {"backbone": "none", "GB": "gb", "OGM": "ogm", "CKD": "ckd"}
 IMPROV_LABEL = "Δ Improv."
+CI_LABEL = "95% CI"
 PVALUE_LABEL = "p-value"
+HOLM_LABEL = "p (Holm)"
+#: ID-only recommenders shown in Table 1 as their own block, above the backbones.
+REFERENCE_MODELS = ("Pop", "MF", "LightGCN")
+#: Appended to a Table 1 cell when one of its runs ended at its epoch cap, not by early stopping.
+CAP_MARK = " †"
 BOLD = "font-weight: bold"
 STATS = ("mean", "std", "n")
 
@@ -219,14 +230,42 @@ def paired_ttest(treatment: Sequence[float], baseline: Sequence[float]) -> tuple
     return float(res.statistic), float(res.pvalue), note
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given; NaN stays NaN and
+    is not counted in the family."""
+    p = np.asarray(pvalues, float)
+    out = np.full(len(p), np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def _relative_interval(diffs: np.ndarray, base_mean: float, level: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean paired difference, in percent of ``base_mean``; NaN below two pairs."""
+    from scipy import stats
+
+    n = len(diffs)
+    if n < 2 or not base_mean:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * np.std(diffs, ddof=1) / math.sqrt(n)
+    mean = float(np.mean(diffs))
+    return 100.0 * (mean - half) / base_mean, 100.0 * (mean + half) / base_mean
+
+
 def improvement(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, split: str = "test",
                 baseline: str = "none", treatment: str = "ckd") -> pd.DataFrame:
     """Relative improvement of ``treatment`` over ``baseline`` per (dataset, backbone, metric).
 
     Columns: ``baseline_mean, treatment_mean, improv_pct`` (100 * (treatment -
     baseline) / baseline, on the means over seeds), ``diff_mean`` (mean paired
-    difference), ``t, p_value`` (paired t-test over the seeds both methods ran),
-    ``n_pairs`` and ``note``.
+    difference), ``ci_low_pct, ci_high_pct`` (95% t-interval of the paired
+    difference, in percent of the baseline mean), ``t, p_value`` (paired t-test
+    over the seeds both methods ran), ``p_holm`` (Holm-corrected across the
+    backbones of the same dataset and metric), ``n_pairs`` and ``note``.
     """
     rows = []
     for (dataset, backbone), block in _completed(frame).groupby(["dataset", "backbone"], sort=False):
@@ -239,15 +278,42 @@ def improvement(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, sp
             paired = pd.merge(base[["seed", col]], treat[["seed", col]], on="seed", suffixes=("_b", "_t"))
             t, p, note = paired_ttest(paired[f"{col}_t"], paired[f"{col}_b"])
             b_mean, t_mean = float(base[col].mean()), float(treat[col].mean())
+            diffs = (paired[f"{col}_t"] - paired[f"{col}_b"]).to_numpy(float)
+            low, high = _relative_interval(diffs, b_mean)
             rows.append({"dataset": dataset, "backbone": backbone, "metric": metric,
                          "baseline_mean": b_mean, "treatment_mean": t_mean,
                          "improv_pct": 100.0 * (t_mean - b_mean) / b_mean if b_mean else float("nan"),
-                         "diff_mean": float((paired[f"{col}_t"] - paired[f"{col}_b"]).mean()) if len(paired)
-                         else float("nan"),
+                         "diff_mean": float(diffs.mean()) if len(diffs) else float("nan"),
+                         "ci_low_pct": low, "ci_high_pct": high,
                          "t": t, "p_value": p, "n_pairs": int(len(paired)), "note": note})
-    cols = ["dataset", "backbone", "metric", "baseline_mean", "treatment_mean", "improv_pct", "diff_mean", "t",
-            "p_value", "n_pairs", "note"]
-    return pd.DataFrame(rows, columns=cols).set_index(["dataset", "backbone", "metric"])
+    cols = ["dataset", "backbone", "metric", "baseline_mean", "treatment_mean", "improv_pct", "diff_mean",
+            "ci_low_pct", "ci_high_pct", "t", "p_value", "p_holm", "n_pairs", "note"]
+    out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_holm"])
+    out["p_holm"] = np.nan
+    for _, family in out.groupby(["dataset", "metric"], sort=False):
+        out.loc[family.index, "p_holm"] = holm(family["p_value"].tolist())
+    return out[cols].set_index(["dataset", "backbone", "metric"])
+
+
+def redundant_precision(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, split: str = "test"
+                        ) -> list[str]:
+    """The ``precision@K`` among ``metrics`` that equal ``recall@K / K`` in every run of ``frame``.
+
+    That holds by construction when every evaluated user has exactly one held-out
+    item (TikTok's test split): such a column repeats Recall@K and Table 1 drops it.
+    """
+    out = []
+    runs = _completed(frame)
+    for metric in metrics:
+        if not metric.startswith("precision@"):
+            continue
+        k = int(metric.split("@")[1])
+        p_col, r_col = metric_column(split, metric), metric_column(split, f"recall@{k}")
+        if len(runs) and {p_col, r_col} <= set(runs.columns):
+            p, r = runs[p_col].to_numpy(float), runs[r_col].to_numpy(float)
+            if np.allclose(p, r / k, rtol=1e-5, atol=1e-9):  # float32 metrics: equal to rounding
+                out.append(metric)
+    return out
 
 
 def _method_label(method: str, backbone: str) -> str:
@@ -255,53 +321,93 @@ def _method_label(method: str, backbone: str) -> str:
     return backbone if label is None else label
 
 
+def _capped(frame: pd.DataFrame) -> set[tuple]:
+    """``(dataset, backbone, method)`` of the blocks where some run ended at its epoch cap."""
+    if "reached_cap" not in frame.columns:
+        return set()
+    hit = _completed(frame)
+    hit = hit[hit["reached_cap"].fillna(False).astype(bool)]
+    return set(zip(hit["dataset"], hit["backbone"], hit["method"]))
+
+
+def table1_metrics(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, split: str = "test") -> list[str]:
+    """``metrics`` without a precision that only repeats recall (see :func:`redundant_precision`)."""
+    dropped = set(redundant_precision(frame, metrics, split))
+    return [m for m in metrics if m not in dropped]
+
+
 def format_table1(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, split: str = "test",
-                  digits: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  digits: int = 4, references: Sequence[str] = REFERENCE_MODELS,
+                  drop_redundant: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Paper layout of Table 1 and its bold mask.
 
     Rows ``(backbone, row)`` with row in the backbone's name, ``+GB``, ``+OGM``,
-    ``+CKD``, ``Δ Improv.`` and ``p-value``; columns ``(dataset, metric label)``.
-    Cells are ``"mean ± std"`` strings. The mask marks, per backbone and column,
-    the best mean among the method rows.
+    ``+CKD``, ``Δ Improv.``, ``95% CI``, ``p-value`` and ``p (Holm)``; the
+    ``references`` present in ``frame`` (ID-only models) come first, as rows of a
+    ``"reference"`` block. Columns ``(dataset, metric label)``; with
+    ``drop_redundant`` a precision column that equals recall / K in every run is
+    left out (:func:`redundant_precision`). Cells are ``"mean ± std"`` strings,
+    with :data:`CAP_MARK` where a run ended at its epoch cap instead of by early
+    stopping. The mask marks, per block and column, the best mean among the model rows.
     """
+    if drop_redundant:
+        metrics = table1_metrics(frame, metrics, split)
     t1 = table1(frame, metrics, split)
     imp = improvement(frame, metrics, split)
+    capped = _capped(frame)
     datasets = list(dict.fromkeys(t1.index.get_level_values("dataset")))
-    backbones = list(dict.fromkeys(t1.index.get_level_values("backbone")))
+    present = list(dict.fromkeys(t1.index.get_level_values("backbone")))
+    refs = [b for b in present if b in set(references)]
+    backbones = [b for b in present if b not in set(refs)]
     col_index = pd.MultiIndex.from_tuples([(d, METRIC_LABELS.get(m, m)) for d in datasets for m in metrics],
                                           names=["dataset", "metric"])
     row_tuples, cells, means = [], [], []
+
+    def model_row(block: str, label: str, b: str, m: str) -> None:
+        row_tuples.append((block, label))
+        row_cells, row_means = [], []
+        for d in datasets:
+            for metric in metrics:
+                key = (d, b, m)
+                if key in t1.index:
+                    stat = t1.loc[key, metric]
+                    mark = CAP_MARK if key in capped else ""
+                    row_cells.append(format_mean_std(stat["mean"], stat["std"], stat["n"], digits) + mark)
+                    row_means.append(stat["mean"])
+                else:
+                    row_cells.append("–")
+                    row_means.append(np.nan)
+        cells.append(row_cells)
+        means.append(row_means)
+
+    def stat_rows(b: str) -> None:
+        labels = (IMPROV_LABEL, CI_LABEL, PVALUE_LABEL, HOLM_LABEL)
+        block = {label: [] for label in labels}
+        for d in datasets:
+            for metric in metrics:
+                if (d, b, metric) not in imp.index:
+                    for label in labels:
+                        block[label].append("–")
+                    continue
+                r = imp.loc[(d, b, metric)]
+                block[IMPROV_LABEL].append(f"{r['improv_pct']:+.2f}%")
+                block[CI_LABEL].append("n/a" if math.isnan(r["ci_low_pct"]) else
+                                       f"[{r['ci_low_pct']:+.1f}%, {r['ci_high_pct']:+.1f}%]")
+                block[PVALUE_LABEL].append("n/a" if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}")
+                block[HOLM_LABEL].append("n/a" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}")
+        for label in labels:
+            row_tuples.append((b, label))
+            cells.append(block[label])
+            means.append([np.nan] * len(block[label]))
+
+    for b in refs:
+        for m in dict.fromkeys(t1.xs(b, level="backbone").index.get_level_values("method")):
+            model_row("reference", b if m == "none" else f"{b} {_method_label(m, b)}", b, m)
     for b in backbones:
-        methods = list(dict.fromkeys(t1.xs(b, level="backbone").index.get_level_values("method")))
-        for m in methods:
-            row_tuples.append((b, _method_label(m, b)))
-            row_cells, row_means = [], []
-            for d in datasets:
-                for metric in metrics:
-                    key = (d, b, m)
-                    if key in t1.index:
-                        s = t1.loc[key, metric]
-                        row_cells.append(format_mean_std(s["mean"], s["std"], s["n"], digits))
-                        row_means.append(s["mean"])
-                    else:
-                        row_cells.append("–")
-                        row_means.append(np.nan)
-            cells.append(row_cells)
-            means.append(row_means)
+        for m in dict.fromkeys(t1.xs(b, level="backbone").index.get_level_values("method")):
+            model_row(b, _method_label(m, b), b, m)
         if any((d, b, metric) in imp.index for d in datasets for metric in metrics):
-            imp_cells, p_cells = [], []
-            for d in datasets:
-                for metric in metrics:
-                    if (d, b, metric) in imp.index:
-                        r = imp.loc[(d, b, metric)]
-                        imp_cells.append(f"{r['improv_pct']:+.2f}%")
-                        p_cells.append("n/a" if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}")
-                    else:
-                        imp_cells += ["–"]
-                        p_cells += ["–"]
-            row_tuples += [(b, IMPROV_LABEL), (b, PVALUE_LABEL)]
-            cells += [imp_cells, p_cells]
-            means += [[np.nan] * len(imp_cells)] * 2
+            stat_rows(b)
     index = pd.MultiIndex.from_tuples(row_tuples, names=["backbone", "model"])
     display = pd.DataFrame(cells, index=index, columns=col_index, dtype=object)
     values = pd.DataFrame(means, index=index, columns=col_index, dtype=float)
@@ -311,9 +417,21 @@ def format_table1(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, 
 
 def style_table1(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, split: str = "test",
                  digits: int = 4, caption: str | None = None):
-    """Table 1 as a Styler: mean ± std over seeds, the best mean per backbone in bold."""
+    """Table 1 as a Styler: mean ± std over seeds, the best mean per backbone in bold; the caption says
+    which column was left out as redundant and what the cap mark means."""
     display, mask = format_table1(frame, metrics, split, digits)
-    return _style(display, mask, "table1", caption, frame)
+    return _style(display, mask, "table1", "; ".join([caption or ""] + table1_notes(frame, metrics, split)).strip("; "),
+                  frame)
+
+
+def table1_notes(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, split: str = "test") -> list[str]:
+    """What a reader of Table 1 needs told: a left-out precision column, runs that hit their epoch cap."""
+    notes = [f"{METRIC_LABELS.get(m, m)} left out: it equals {METRIC_LABELS.get('recall@' + m.split('@')[1])}/"
+             f"{m.split('@')[1]} in every run (one held-out item per user)"
+             for m in redundant_precision(frame, metrics, split)]
+    if _capped(frame):
+        notes.append(f"{CAP_MARK.strip()}: some run of the cell ended at its epoch cap, not by early stopping")
+    return notes
 
 
 # -- Table 2: per-modality Recall@20 --------------------------------------------------------------
@@ -569,3 +687,24 @@ def runs_overview(frame: pd.DataFrame, metric: str = "recall@20", split: str = "
 def numeric_round(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     """``frame`` with floats rounded to ``digits`` (stable text for checked notebook outputs)."""
     return frame.round(digits)
+
+
+# -- the summary page's input ------------------------------------------------------------------------
+
+def improvement_summary(frame: pd.DataFrame, metric: str = "recall@20", split: str = "test") -> dict:
+    """CKD's improvement per backbone as plain data (what ``reports/index.html`` shows per report):
+    ``{"metric", "backbones": {name: {improv_pct, ci_low_pct, ci_high_pct, p_value, p_holm, n_pairs,
+    baseline_mean, treatment_mean, capped}}, "provenance"}``. JSON-ready: NaN becomes None."""
+    imp = improvement(frame, [metric], split)
+    capped = _capped(frame)
+
+    def plain(value):
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    backbones = {}
+    for (dataset, backbone, _), r in imp.iterrows():
+        fields = ("improv_pct", "ci_low_pct", "ci_high_pct", "p_value", "p_holm", "baseline_mean", "treatment_mean")
+        backbones[backbone] = {name: plain(float(r[name])) for name in fields}
+        backbones[backbone]["n_pairs"] = int(r["n_pairs"])
+        backbones[backbone]["capped"] = any((dataset, backbone, m) in capped for m in ("none", "ckd"))
+    return {"metric": metric, "split": split, "backbones": backbones, "provenance": provenance_line(frame)}

@@ -80,6 +80,53 @@ def test_improvement_with_one_seed_has_nan_p_and_a_note():
     assert display.loc[("VBPR", "VBPR"), ("d", "R@20")] == "0.1000"  # one seed: no ± shown
 
 
+def test_improvement_interval_is_the_paired_t_interval_in_percent_of_the_backbone():
+    r = tables.improvement(frame()).loc[("d", "VBPR", "recall@20")]
+    diffs = np.subtract(VALUES["ckd"], VALUES["none"])
+    half = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3)
+    base = np.mean(VALUES["none"])
+    assert r["ci_low_pct"] == pytest.approx(100 * (diffs.mean() - half) / base)
+    assert r["ci_high_pct"] == pytest.approx(100 * (diffs.mean() + half) / base)
+    assert r["ci_low_pct"] < r["improv_pct"] < r["ci_high_pct"]
+    display, _ = tables.format_table1(frame())
+    assert display.loc[("VBPR", tables.CI_LABEL), ("d", "R@20")] == (
+        f"[{r['ci_low_pct']:+.1f}%, {r['ci_high_pct']:+.1f}%]")
+
+
+def test_holm_correction_across_backbones():
+    assert tables.holm([0.01, 0.04, 0.03, float("nan")]) == pytest.approx([0.03, 0.06, 0.06, float("nan")],
+                                                                          nan_ok=True)
+    assert tables.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    b2 = frame({"none": [0.10, 0.11, 0.12], "ckd": [0.11, 0.13, 0.12]}, backbone="B2")
+    imp = tables.improvement(pd.concat([frame(), b2]))
+    raw = imp.xs("recall@20", level="metric")["p_value"]
+    adjusted = imp.xs("recall@20", level="metric")["p_holm"]
+    assert adjusted.tolist() == pytest.approx(tables.holm(raw.tolist()))
+    assert (adjusted >= raw).all() and adjusted.min() == pytest.approx(2 * raw.min())
+
+
+def test_references_lead_table1_and_capped_runs_are_marked():
+    refs = pd.concat([frame({"none": [0.05, 0.06, 0.05]}, backbone=name) for name in ("Pop", "LightGCN")])
+    runs = pd.concat([frame(), refs])
+    runs["reached_cap"] = (runs["method"] == "gb") & (runs["seed"] == 2)
+    display, mask = tables.format_table1(runs)
+    assert list(display.index[:2]) == [("reference", "Pop"), ("reference", "LightGCN")]
+    assert ("Pop", tables.IMPROV_LABEL) not in display.index
+    assert display.loc[("VBPR", "+GB"), ("d", "R@20")].endswith(tables.CAP_MARK)
+    assert not display.loc[("VBPR", "+CKD"), ("d", "R@20")].endswith(tables.CAP_MARK)
+    assert any("epoch cap" in note for note in tables.table1_notes(runs))
+
+
+def test_a_precision_that_only_repeats_recall_is_left_out():
+    one_item = frame()
+    one_item["test_precision@20"] = one_item["test_recall@20"] / 20
+    assert tables.redundant_precision(one_item) == ["precision@20"]
+    display, _ = tables.format_table1(one_item)
+    assert [m for _, m in display.columns] == ["R@20", "NDCG@20"]
+    assert tables.redundant_precision(frame()) == []  # P = R/10 here: a real column
+    assert "P@20 left out" in tables.table1_notes(one_item)[0]
+
+
 def test_identical_results_are_flagged():
     t, p, note = tables.paired_ttest([0.1, 0.2], [0.1, 0.2])
     assert math.isnan(p) and "identical" in note
@@ -90,7 +137,8 @@ def test_identical_results_are_flagged():
 def test_format_table1_layout_and_bold_best():
     display, mask = tables.format_table1(frame())
     assert list(display.index) == [("VBPR", "VBPR"), ("VBPR", "+GB"), ("VBPR", "+OGM"), ("VBPR", "+CKD"),
-                                   ("VBPR", tables.IMPROV_LABEL), ("VBPR", tables.PVALUE_LABEL)]
+                                   ("VBPR", tables.IMPROV_LABEL), ("VBPR", tables.CI_LABEL),
+                                   ("VBPR", tables.PVALUE_LABEL), ("VBPR", tables.HOLM_LABEL)]
     assert list(display.columns) == [("d", "R@20"), ("d", "NDCG@20"), ("d", "P@20")]
     assert display.loc[("VBPR", "+CKD"), ("d", "R@20")] == "0.1400 ± 0.0100"
     assert display.loc[("VBPR", tables.IMPROV_LABEL), ("d", "R@20")] == "+27.27%"
