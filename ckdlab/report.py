@@ -61,23 +61,27 @@ RUNS_FOLDER = "runs"
 ALL_BACKBONES = ["VBPR", "DeepStyle", "MMGCN", "GRCN", "EgoGCN", "MGCN"]
 
 #: Per-dataset parameter sets (keyed by the dataset's folder name); notebook defaults fill the rest.
-#: The real-data sets follow the paper's protocol (early stopping with patience 10 on validation
-#: Recall@20) with an epoch cap that keeps a full report within hours on one GPU; raise
-#: ``max_epochs`` / ``teacher_epochs`` with -p for longer runs.
+#: The real-data sets follow the paper's protocol: early stopping with patience 10 on validation
+#: Recall@20 ends every run (the epoch cap of 200 is a guard; a run that reaches it is marked in
+#: Table 1), the shipped tuned settings where they match the data, else the package defaults.
+#: Seeds: TikTok 5, Baby 3 (the order of work when time is short: TikTok first, Baby seeds cut first).
 _REAL_DATA = {
     "backbones": ALL_BACKBONES,
     "seeds": [0, 1, 2],
-    "max_epochs": 100,
-    "teacher_epochs": 100,
+    "max_epochs": 200,
+    "teacher_epochs": 200,
     "device": "auto",
-    "threads": None,
-    "train_params": {},  # TrainConfig defaults (lr 1e-3, reg_weight 1e-4, batch 2048, patience 10)
-    # per-notebook overrides: the paper's ablation (Table 3) covers VBPR, MMGCN and EgoGCN
-    "notebooks": {"ablation": {"backbones": ["VBPR", "MMGCN", "EgoGCN"]}},
+    "threads": 1,
+    "tuned": True,
+    "train_params": {},  # TrainConfig defaults
+    "notebooks": {
+        "ablation": {"backbones": ["VBPR", "MMGCN", "EgoGCN"]},  # the paper's Table 3
+        "pilot": {"backbones": ["VBPR", "EgoGCN", "MGCN"]},      # the paper's Figure 1 pair and one more
+    },
 }
 PRESETS: dict[str, dict] = {
     "synthetic": {},
-    "tiktok": dict(_REAL_DATA),
+    "tiktok": {**_REAL_DATA, "seeds": [0, 1, 2, 3, 4]},
     "baby": dict(_REAL_DATA),
 }
 

@@ -78,6 +78,11 @@ def _completed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~failed]
 
 
+def completed_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs that finished (failed runs dropped, with the warning that counts them)."""
+    return _completed(frame)
+
+
 def _ordered(values: Iterable, order: Sequence) -> list:
     """``values`` (unique) in ``order`` first, then the rest in first-seen order."""
     seen = list(dict.fromkeys(values))

@@ -138,7 +138,7 @@ def test_parameters_layering(tmp_path):
                                    overrides={"device": "cpu"})
     assert params["max_epochs"] == 7 and params["device"] == "cpu" and params["dataset"] == "/x/tiktok"
     assert params["backbones"] == report.ALL_BACKBONES  # from the preset
-    assert params["notebooks"]["pilot"] == {"seeds": [4]}
+    assert params["notebooks"]["pilot"] == {"backbones": ["VBPR", "EgoGCN", "MGCN"], "seeds": [4]}  # merged
     assert params["notebooks"]["ablation"]["backbones"] == ["VBPR", "MMGCN", "EgoGCN"]
     # a later shared value overrides an earlier per-notebook one
     later = report.parameters_for("/x/tiktok", overrides={"backbones": ["VBPR"]})
