@@ -22,7 +22,7 @@ from ckdlab.data import default_normalization, normalize_dataset, parse_normaliz
 from ckdlab.experiments import load_dataset
 from ckdlab.provenance import describe, run_provenance
 from ckdlab.search_space import search_space
-from ckdlab.tuned import entry_from_search, record
+from ckdlab.shipping import ship
 from ckdlab.tuning import comparison_frame, tune
 
 
@@ -61,9 +61,7 @@ def main() -> None:
         walls[method] = time.perf_counter() - t0
         print(results[method].summary(), f"\nwall time {walls[method]:.0f} s\n", flush=True)
         if args.ship:
-            entry = entry_from_search(results[method], raw)
-            record(entry, args.ship)
-            print(f"shipped {entry.describe()}\n", flush=True)
+            print(ship(results[method], raw, data, args.ship).describe() + "\n", flush=True)
     frame = comparison_frame(results)
     frame["wall_s"] = [round(walls[m]) for m in frame["method"]]
     print(f"{args.backbone} on {data.name}: every method with the same budget")

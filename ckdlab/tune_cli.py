@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-final", action="store_true", help="search only; do not train the choice on the test seeds")
     parser.add_argument("--ship", nargs="?", const="", default=None, metavar="TABLE",
                         help="record the chosen settings in the tuned-settings table (default: the one the package "
-                             "ships), so ckdlab train, the notebooks and reports use them on this dataset")
+                             "ships), so ckdlab train, the notebooks and reports use them on this dataset; only when "
+                             "they beat the package defaults on validation (else an older entry is withdrawn)")
     parser.add_argument("--show-space", action="store_true", help="print the search space and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -116,10 +117,10 @@ def cmd_tune(args) -> int:
         print(f"search written to {result.to_json(out)}")
         print(f"dashboard: optuna-dashboard {result.storage}\n")
         if args.ship is not None:
-            from .tuned import entry_from_search, record
+            from .shipping import ship
 
-            entry = entry_from_search(result, raw)
-            print(f"shipped {entry.describe()} to {record(entry, args.ship or None)}\n")
+            decision = ship(result, raw, data, args.ship or None, cache_dir=args.cache_dir, device=args.device)
+            print(decision.describe() + "\n")
         results[method] = result
     if len(results) > 1:
         print(f"{args.backbone} on {data.name}: every method with the same budget")

@@ -181,6 +181,18 @@ def record(entry: TunedEntry, path=None) -> Path:
     return path
 
 
+def forget(entry: TunedEntry, path=None) -> Path:
+    """Remove the row of ``entry``'s dataset, backbone and method from the table at ``path`` (if it has one)."""
+    from .store import atomic_write_text
+
+    path = Path(path) if path is not None else TABLE_PATH
+    rows = load_table(path)
+    kept = [e for e in rows if not e.matches(entry.fingerprint, entry.backbone, entry.method)]
+    if len(kept) != len(rows):
+        atomic_write_text(path, json.dumps({"format": FORMAT, "entries": [asdict(e) for e in kept]}, indent=1) + "\n")
+    return path
+
+
 def table_frame(table=None):
     """The table as a DataFrame (one row per entry, settings as text) for ``ckdlab tuned`` and the README."""
     import pandas as pd

@@ -112,6 +112,9 @@ def test_tune_ship_records_the_choice_and_train_reproduces_its_final_run(small, 
     pytest.importorskip("optuna")
     from ckdlab import cli
 
+    from ckdlab import shipping
+
+    monkeypatch.setattr(shipping, "defaults_validation", lambda *a, **k: 0.0)  # the search wins (see below)
     folder = write_mmrec(small, tmp_path / "small")
     table = tmp_path / "t.json"
     cache = str(tmp_path / "cache")
@@ -119,6 +122,7 @@ def test_tune_ship_records_the_choice_and_train_reproduces_its_final_run(small, 
                      "--epochs-budget", "2", "--set", "batch_size=512", "--cache-dir", cache, "--quiet",
                      "--ship", str(table)]) == 0
     out = capsys.readouterr().out
+    assert "shipped small/VBPR/none" in out and "the defaults 0.0000" in out
     [shipped] = tuned.load_table(table)
     final_test = float(out.split("final seed 0: test recall@20 ")[1].split(",")[0])
     assert shipped.settings["max_epochs"] == 2 and shipped.settings["batch_size"] == 512  # a fixed --set too
@@ -128,6 +132,36 @@ def test_tune_ship_records_the_choice_and_train_reproduces_its_final_run(small, 
     assert cli.main(["train", "--data", str(folder), "--backbone", "VBPR", "--cache-dir", cache,
                      "--quiet", "--out", str(result_json)]) == 0
     assert json.loads(result_json.read_text())["test"]["recall@20"] == pytest.approx(final_test, abs=5e-5)
+
+
+def test_a_choice_the_defaults_beat_on_validation_is_not_shipped_and_an_old_entry_is_withdrawn(
+        small, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("optuna")
+    from ckdlab import cli, shipping
+
+    folder = write_mmrec(small, tmp_path / "small")
+    table = tmp_path / "t.json"
+    args = ["tune", "--data", str(folder), "--backbone", "VBPR", "--method", "none", "--trials", "1",
+            "--epochs-budget", "1", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--ship", str(table)]
+    monkeypatch.setattr(shipping, "defaults_validation", lambda *a, **k: 0.0)
+    assert cli.main(args) == 0 and len(tuned.load_table(table)) == 1
+    monkeypatch.setattr(shipping, "defaults_validation", lambda *a, **k: 1.0)  # above any Recall@20
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "not shipped: the package defaults score 1.0000" in capsys.readouterr().out
+    assert tuned.load_table(table) == []
+
+
+def test_the_defaults_baseline_never_reads_the_test_split(small, monkeypatch):
+    from ckdlab import shipping
+
+    seen = []
+    monkeypatch.setattr(shipping, "run", lambda config, data, cache_dir=None: seen.append(config) or
+                        type("R", (), {"valid": {"recall@20": 0.5}})())
+    assert shipping.defaults_validation(small, "MGCN", "ckd", seed=3) == 0.5
+    [config] = seen
+    assert (config.backbone, config.method, config.seed, config.evaluate_test) == ("MGCN", "ckd", 3, False)
+    assert config.lr == TrainConfig().lr and config.reg_weight == TrainConfig().reg_weight
 
 
 def test_an_entry_says_how_to_normalise_and_a_given_normalisation_wins(monkeypatch, capsys):
