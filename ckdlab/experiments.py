@@ -23,6 +23,7 @@ its own module, which builds on this one (never the reverse).
 from __future__ import annotations
 
 import itertools
+import math
 import json
 import os
 import socket
@@ -177,9 +178,12 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
 
     dataset = load_dataset(dataset)
     if not use_cache:
+        if records.records_only():
+            raise ValueError("use_cache=False trains, but runs here come from records only "
+                             f"({records.ONLY_ENV}=1)")
         return fit(dataset, config, cache_dir=cache_dir, on_evaluation=on_evaluation)
     key = result_key(config, dataset)
-    recorded = _recorded(config, key)
+    recorded = _recorded(config, dataset, key)
     if recorded is not None:
         return recorded
     path = result_path(config, dataset, cache_dir)
@@ -205,18 +209,36 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
     return _keep_record(key, result, config, dataset)
 
 
-def _recorded(config: TrainConfig, key: str) -> Result | None:
+def _record_keys(config: TrainConfig, dataset, key: str) -> list[str]:
+    """The keys a run's record may have: its own, then the same run made on the other device type
+    (a record made on a GPU serves a CPU machine and the reverse: records are evidence, reused as is)."""
+    from .provenance import device_type
+
+    other = "cpu" if device_type(config.device) == "cuda" else "cuda"
+    return [key, result_key(config.replace(device=other), dataset)]
+
+
+def _read_record(folder, config: TrainConfig, dataset, key: str) -> Result | None:
+    for candidate in _record_keys(config, dataset, key):
+        result = records.read_result(folder, candidate)
+        if _serves(result, config):
+            return result
+    return None
+
+
+def _recorded(config: TrainConfig, dataset, key: str) -> Result | None:
     """The run's record when this process keeps records (:mod:`ckdlab.records`) and it has one.
 
     Where runs come from records only, a run without one raises :class:`~ckdlab.records.MissingRecord`.
     """
+    only = records.records_only()  # raises when asked for with no records folder named
     folder = records.records_dir()
     if folder is None:
         return None
-    result = records.read_result(folder, key)
-    if _serves(result, config):
+    result = _read_record(folder, config, dataset, key)
+    if result is not None:
         return result
-    if records.records_only():
+    if only:
         raise records.MissingRecord(records.missing_message(config, key, folder))
     return None
 
@@ -439,7 +461,7 @@ def result_row(result: Result, *, key: str | None = None, variant: str | None = 
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         # ended at its epoch cap (early stopping did not end it); untrained models (Pop) never do
-        "reached_cap": bool(0 < result.epochs_run >= result.config.get("max_epochs", float("inf"))),
+        "reached_cap": bool(result.epochs_run > 0 and result.epochs_run >= result.config.get("max_epochs", math.inf)),
         "sec_per_epoch": result.timing.get("train_seconds_per_epoch"),
         "eval_seconds": result.timing.get("eval_seconds"),
         "train_seconds": result.timing.get("total_train_seconds"),
@@ -575,6 +597,8 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     items = _normalise_configs(configs)
+    if not use_cache and records.records_only():
+        raise ValueError(f"use_cache=False trains, but runs here come from records only ({records.ONLY_ENV}=1)")
     data = load_dataset(dataset)
     keys = [result_key(config, data) for _, config in items]
     outcomes: list[Result | dict | None] = [None] * len(items)
@@ -608,8 +632,8 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
             outcomes[i] = _as_cached(outcomes[first_of[key]])
     rows, results = [], []
     for (label, _), key, outcome in zip(items, keys, outcomes):
-        if isinstance(outcome, Result):
-            rows.append(result_row(outcome, key=key, variant=label))
+        if isinstance(outcome, Result):  # a record made on another device has its own key
+            rows.append(result_row(outcome, key=outcome.extras.get("record_key", key), variant=label))
             results.append(outcome)
         else:
             rows.append(failure_row(outcome, key=key, variant=label))
@@ -627,8 +651,8 @@ def _lookup(config: TrainConfig, data, cache_dir, retry_failed: bool, key: str) 
     """
     folder = records.records_dir()
     if folder is not None:
-        result = records.read_result(folder, key)
-        if _serves(result, config):
+        result = _read_record(folder, config, data, key)
+        if result is not None:
             return result
         failure = None if retry_failed else records.read_failure(folder, key)
         if failure is not None or records.records_only():
@@ -743,6 +767,8 @@ def load_results(frame, cache_dir=None) -> list[Result | None]:
 
     def load(key: str) -> Result:
         recorded = None if folder is None else records.read_result(folder, key)
+        if recorded is None and records.records_only():
+            raise records.MissingRecord(f"no run record {key} in {folder.name}/ (runs come from records only)")
         return recorded if recorded is not None else Result.from_json(root / f"{key}.json")
 
     return [None if bad else load(k) for k, bad in zip(frame["key"], failed)]

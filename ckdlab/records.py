@@ -46,9 +46,12 @@ SIZE_BUDGET_BYTES = 30 * 2**20
 
 _RESULT_SUFFIX = ".json.gz"
 _FAILURE_SUFFIX = ".failed.json.gz"
+#: What reading marks on a Result (never part of a record).
+_READ_MARKS = ("cached", "from_record", "record_key")
 #: Fields of a failure record that only say which machine or process it was.
 _MACHINE_FIELDS = ("host", "pid")
-_ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/])")
+#: An absolute path of two or more components anywhere in a string (``/root/.cache/x.pt``, ``C:\\a\\b``).
+_ABSOLUTE = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?(?:[\\/][^\s\\/:'\"]+){2,}")
 
 
 class MissingRecord(LookupError):
@@ -63,25 +66,32 @@ def records_dir() -> Path | None:
 
 def records_only() -> bool:
     """Whether runs must come from records (``$CKDLAB_RECORDS_ONLY=1``): no training, no cache."""
-    return os.environ.get(ONLY_ENV, "") == "1" and records_dir() is not None
+    if os.environ.get(ONLY_ENV, "") != "1":
+        return False
+    if records_dir() is None:
+        raise ValueError(f"{ONLY_ENV}=1 but {RECORDS_ENV} names no records folder")
+    return True
 
 
 def result_record_path(folder: Path, key: str) -> Path:
+    """Where the record of finished run ``key`` lives in ``folder``."""
     return Path(folder) / f"{key}{_RESULT_SUFFIX}"
 
 
 def failure_record_path(folder: Path, key: str) -> Path:
+    """Where the record of run ``key`` that diverged lives in ``folder``."""
     return Path(folder) / f"{key}{_FAILURE_SUFFIX}"
 
 
 def portable(value):
-    """``value`` with every absolute path cut to its last component (recursively)."""
+    """``value`` with every absolute path, wherever it appears in a string, cut to its last component
+    (recursively through dicts and lists)."""
     if isinstance(value, dict):
         return {k: portable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [portable(v) for v in value]
-    if isinstance(value, str) and _ABSOLUTE.match(value) and "\n" not in value:
-        return Path(value).name or value
+    if isinstance(value, str):
+        return _ABSOLUTE.sub(lambda m: re.split(r"[\\/]", m.group(0))[-1], value)
     return value
 
 
@@ -104,7 +114,7 @@ def _decode(path: Path, schema: str) -> dict | None:
 
 def write_result(folder: Path, key: str, result: Result, meta: dict | None = None) -> Path:
     """Record ``result`` as ``<folder>/<key>.json.gz`` (replacing a failure record of the same run)."""
-    payload = {k: v for k, v in portable(result.to_dict()).items() if k != "cached"}
+    payload = {k: v for k, v in portable(result.to_dict()).items() if k not in _READ_MARKS}
     path = result_record_path(folder, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     store.write_blob(path, _encode(payload), schema=RECORD_SCHEMA, format=RECORD_FORMAT, meta=meta)
@@ -122,12 +132,12 @@ def write_failure(folder: Path, key: str, failure: dict, meta: dict | None = Non
 
 
 def read_result(folder: Path, key: str) -> Result | None:
-    """The recorded Result of run ``key`` (marked ``cached`` and ``from_record``), or None."""
+    """The recorded Result of run ``key`` (marked ``cached``, ``from_record`` and its ``record_key``), or None."""
     payload = _decode(result_record_path(folder, key), RECORD_SCHEMA)
     if payload is None:
         return None
     result = Result.from_dict(payload)
-    result.extras.update(cached=True, from_record=True)
+    result.extras.update(cached=True, from_record=True, record_key=key)
     return result
 
 
@@ -138,6 +148,7 @@ def read_failure(folder: Path, key: str) -> dict | None:
 
 
 def has_record(folder: Path, key: str) -> bool:
+    """Whether run ``key`` has a record in ``folder``, finished or diverged."""
     return result_record_path(folder, key).exists() or failure_record_path(folder, key).exists()
 
 
@@ -160,7 +171,12 @@ def summary(folder: Path) -> dict:
 
 
 def missing_message(config, key: str, folder: Path) -> str:
+    """The error of a run asked for where runs come from records only and this one has none."""
+    from .provenance import numbers_identity
+
+    ident = numbers_identity(config.device)
     return (f"no run record for {config.backbone}/{config.method} seed {config.seed} (key {key}) in "
             f"{Path(folder).name}/: runs here come from records only ({ONLY_ENV}=1, ckdlab report --from-records). "
-            f"Records are made by code of the same numbers-version and thread count; run `ckdlab report` "
-            f"without --from-records to train what is missing")
+            f"A record is found only for the same configuration and data, numbers-version "
+            f"{ident['numbers_version']}, torch {ident['torch']} and thread count {ident['threads']} (records of "
+            f"another device type are found too); run `ckdlab report` without --from-records to train what is missing")

@@ -46,6 +46,10 @@ from .result import atomic_write_text
 
 #: Notebooks in reading order.
 NOTEBOOKS = ("quickstart", "pilot", "main_table", "unimodal_table", "ablation", "dynamics")
+#: The order a report executes them in: the notebooks whose runs record per-modality validation
+#: curves (pilot, dynamics) first, so that Tables 1-3 read those runs instead of training them again
+#: (a run without the curves cannot stand in for one that needs them; the reverse holds).
+EXECUTION_ORDER = ("pilot", "dynamics", "quickstart", "main_table", "unimodal_table", "ablation")
 TITLES = {
     "quickstart": "Quick start: one backbone with and without CKD",
     "pilot": "Pilot study (Figure 1): under-optimised modalities",
@@ -345,8 +349,9 @@ def _summary_table(folders: list[Path]) -> str:
     return ("<h2>CKD's improvement over each backbone</h2>\n"
             "<p>Relative improvement of the mean test Recall@20 over seeds (CKD vs the plain backbone, "
             "Table 1 of each report), its 95% interval (paired t-interval over seeds) and the paired test's "
-            "p-value Holm-corrected across the backbones of the dataset. Green: the interval lies above zero; "
-            "red: below; grey: it contains zero or there is one seed. † some run ended at its epoch cap. "
+            "p-value Holm-corrected across the backbones of the dataset. Green: the (unadjusted) interval lies "
+            "above zero; red: below; grey: it contains zero or there is one seed; the Holm p-value says whether "
+            "the change survives the correction for the number of backbones. † some run ended at its epoch cap. "
             "Each cell links to its Table 1.</p>\n"
             f"<table><tr><th>backbone</th>{head}</tr>\n" + "\n".join(rows) + "</table>\n"
             f"<ul>{provenance}</ul>\n")
@@ -417,7 +422,8 @@ def _recorded_parameters(folder: Path) -> dict[str, dict]:
         manifest = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, json.JSONDecodeError):
         return {}
-    return {rec["notebook"]: {k: v for k, v in rec.get("parameters", {}).items() if k != "figures_dir"}
+    # not the dataset: it was written relative to that report's folder, and --data names it now
+    return {rec["notebook"]: {k: v for k, v in rec.get("parameters", {}).items() if k not in ("figures_dir", "dataset")}
             for rec in manifest.get("notebooks", []) if "notebook" in rec}
 
 
@@ -477,11 +483,12 @@ def report(datasets=("synthetic",), notebooks=NOTEBOOKS, out: str | Path = "repo
             raise FileNotFoundError(f"--from-records: no run records in {label}/{RUNS_FOLDER}/ under {out}")
         manifest["from_records"] = bool(from_records)
         recorded = _recorded_parameters(folder) if from_records else {}
-        for name in notebooks:
+        for name in sorted(notebooks, key=lambda n: EXECUTION_ORDER.index(n) if n in EXECUTION_ORDER
+                           else len(EXECUTION_ORDER)):
             log(f"[{label}] {name} ...")
             nb_params = {k: v for k, v in params.items() if k != "notebooks"}
             nb_params.update((params.get("notebooks") or {}).get(name, {}))
-            if from_records:  # the parameters the report was made with, then what this call sets
+            if from_records:  # the parameters the report was made with, then -p (a --params-file is not read)
                 nb_params = {**nb_params, **recorded.get(name, {}), **(overrides or {})}
             rec = execute_notebook(name, folder, nb_params, notebook_dir=notebook_dir, kernel_name=kernel_name,
                                    timeout=timeout, runs_dir=runs_dir, from_records=from_records)

@@ -265,12 +265,13 @@ def improvement(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, sp
                 baseline: str = "none", treatment: str = "ckd") -> pd.DataFrame:
     """Relative improvement of ``treatment`` over ``baseline`` per (dataset, backbone, metric).
 
-    Columns: ``baseline_mean, treatment_mean, improv_pct`` (100 * (treatment -
-    baseline) / baseline, on the means over seeds), ``diff_mean`` (mean paired
+    Every column is computed on the ``n_pairs`` seeds both methods finished (with
+    no failed run, every seed): ``baseline_mean, treatment_mean, improv_pct`` (100
+    * (treatment - baseline) / baseline, on those means), ``diff_mean`` (mean paired
     difference), ``ci_low_pct, ci_high_pct`` (95% t-interval of the paired
-    difference, in percent of the baseline mean), ``t, p_value`` (paired t-test
-    over the seeds both methods ran), ``p_holm`` (Holm-corrected across the
-    backbones of the same dataset and metric), ``n_pairs`` and ``note``.
+    difference, in percent of the baseline mean), ``t, p_value`` (paired t-test),
+    ``p_holm`` (Holm-corrected across the backbones of the same dataset and metric;
+    NaN where ``note`` flags the test), ``n_pairs`` and ``note``.
     """
     rows = []
     for (dataset, backbone), block in _completed(frame).groupby(["dataset", "backbone"], sort=False):
@@ -282,7 +283,9 @@ def improvement(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, sp
             col = metric_column(split, metric)
             paired = pd.merge(base[["seed", col]], treat[["seed", col]], on="seed", suffixes=("_b", "_t"))
             t, p, note = paired_ttest(paired[f"{col}_t"], paired[f"{col}_b"])
-            b_mean, t_mean = float(base[col].mean()), float(treat[col].mean())
+            # every statistic on the seeds both methods finished, so the improvement, its interval
+            # and its test describe the same runs (a seed that failed on one side drops out of all)
+            b_mean, t_mean = float(paired[f"{col}_b"].mean()), float(paired[f"{col}_t"].mean())
             diffs = (paired[f"{col}_t"] - paired[f"{col}_b"]).to_numpy(float)
             low, high = _relative_interval(diffs, b_mean)
             rows.append({"dataset": dataset, "backbone": backbone, "metric": metric,
@@ -295,7 +298,10 @@ def improvement(frame: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, sp
             "ci_low_pct", "ci_high_pct", "t", "p_value", "p_holm", "n_pairs", "note"]
     out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_holm"])
     out["p_holm"] = np.nan
-    for _, family in out.groupby(["dataset", "metric"], sort=False):
+    # a test flagged by its note (identical runs, a constant difference) has no meaningful p: it stays
+    # out of the family rather than lending it a p of 0
+    testable = out["note"].eq("") & out["p_value"].notna()
+    for _, family in out[testable].groupby(["dataset", "metric"], sort=False):
         out.loc[family.index, "p_holm"] = holm(family["p_value"].tolist())
     return out[cols].set_index(["dataset", "backbone", "metric"])
 

@@ -21,9 +21,15 @@ def test_table1_reading_counts_lifts_intervals_holm_and_popularity():
     text = "\n".join(readings.table1_reading(runs))
     assert "CKD raises the mean R@20 of 1 of 2 backbones (VBPR)" in text
     assert "GB raises the mean R@20 of 1 of 2 backbones (MGCN)" in text
-    assert "interval lies above zero for VBPR and below zero for MGCN" in text
-    assert "Pop beats the plain VBPR on R@20" in text and "MGCN on R@20" not in text
+    assert "interval lies above zero for VBPR, below zero for MGCN, and contains zero for the other 0 of 2" in text
+    assert "CKD is better for VBPR and worse for MGCN" in text  # significance keeps its direction
+    assert "the plain VBPR score(s) below Pop on R@20" in text and "MGCN score" not in text
     assert "ended at their epoch cap" in text and "MGCN/gb" in text
+
+
+def test_one_seed_says_there_is_no_interval():
+    text = "\n".join(readings.table1_reading(frame({"none": [0.1], "ckd": [0.2]}, seeds=(0,))))
+    assert "no interval and no paired test" in text and "lies above zero" not in text
 
 
 def test_table2_reading_names_teachers_weaker_than_the_backbones_own_channel():

@@ -105,6 +105,20 @@ def test_holm_correction_across_backbones():
     assert (adjusted >= raw).all() and adjusted.min() == pytest.approx(2 * raw.min())
 
 
+def test_a_flagged_test_stays_out_of_the_holm_family_and_statistics_use_paired_seeds():
+    constant = frame({"none": [0.10, 0.11, 0.12], "ckd": [0.11, 0.12, 0.13]}, backbone="B2")  # +0.01 every seed
+    imp = tables.improvement(pd.concat([frame(), constant]))
+    assert "constant difference" in imp.loc[("d", "B2", "recall@20"), "note"]
+    assert math.isnan(imp.loc[("d", "B2", "recall@20"), "p_holm"])
+    assert imp.loc[("d", "VBPR", "recall@20"), "p_holm"] == pytest.approx(imp.loc[("d", "VBPR", "recall@20"), "p_value"])
+    # a seed that failed on one side leaves every statistic: the improvement matches its interval's runs
+    runs = frame({"none": [0.10, 0.10, 0.20], "ckd": [0.11, 0.12, 0.99]})
+    runs = runs[~((runs["method"] == "ckd") & (runs["seed"] == 2))]
+    r = tables.improvement(runs).loc[("d", "VBPR", "recall@20")]
+    assert r["n_pairs"] == 2 and r["baseline_mean"] == pytest.approx(0.10)
+    assert r["improv_pct"] == pytest.approx(15.0) and r["ci_low_pct"] <= r["improv_pct"] <= r["ci_high_pct"]
+
+
 def test_references_lead_table1_and_capped_runs_are_marked():
     refs = pd.concat([frame({"none": [0.05, 0.06, 0.05]}, backbone=name) for name in ("Pop", "LightGCN")])
     runs = pd.concat([frame(), refs])
