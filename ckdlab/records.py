@@ -155,18 +155,25 @@ def has_record(folder: Path, key: str) -> bool:
 def summary(folder: Path) -> dict:
     """How many records ``folder`` holds, their bytes, the numbers identities they were made under and the
     time their training epochs took (seconds; CKD's teachers, trained inside a CKD run's set-up, and
-    the evaluations are not in it)."""
+    the evaluations are not in it). ``stale`` counts records of another numbers-version: no code of
+    this version reads them, and they are left out of the other counts."""
+    from .provenance import NUMBERS_VERSION
+
     folder = Path(folder)
     files = sorted(folder.glob(f"*{_RESULT_SUFFIX}")) if folder.is_dir() else []
     results = [p for p in files if not p.name.endswith(_FAILURE_SUFFIX)]
-    identities, seconds = {}, 0.0
+    identities, seconds, size, stale, current = {}, 0.0, 0, 0, 0
     for path in results:
         meta = (store.read_header(path) or {}).get("meta") or {}
+        if meta.get("numbers_version") != NUMBERS_VERSION:
+            stale += 1
+            continue
+        current += 1
+        size += path.stat().st_size
         ident = {k: meta.get(k) for k in ("numbers_version", "torch", "device", "threads")}
         identities[json.dumps(ident, sort_keys=True)] = ident
         seconds += float((_decode(path, RECORD_SCHEMA).get("timing") or {}).get("total_train_seconds") or 0.0)
-    return {"records": len(results), "failed": len(files) - len(results),
-            "bytes": sum(p.stat().st_size for p in files),
+    return {"records": current, "failed": len(files) - len(results), "stale": stale, "bytes": size,
             "numbers": [identities[k] for k in sorted(identities)], "train_seconds": round(seconds, 1)}
 
 

@@ -365,6 +365,8 @@ def _cost_line(manifest: dict) -> str:
     if recorded:
         parts.append(f"{recorded.get('records', 0)} run records ({recorded.get('bytes', 0) / 2**20:.1f} MiB, "
                      f"numbers {numbers}, training epochs {float(recorded.get('train_seconds') or 0) / 3600:.2f} h)")
+    if recorded.get("stale"):
+        parts.append(f"{recorded['stale']} stale record(s) of another numbers-version, unused")
     if manifest.get("from_records"):
         parts.append("rebuilt from the records (nothing trained)")
     return "; ".join(parts)
