@@ -289,11 +289,18 @@ def _identity(data, base: TrainConfig, space: dict, epochs_budget: int, sampler:
 _RETIRED_BASE_FIELDS = ("eval_by_modality",)
 
 
-def _without_retired(stored: dict | None) -> dict | None:
-    if stored is None or "base" not in stored:
-        return stored
-    base = {k: v for k, v in stored["base"].items() if k not in _RETIRED_BASE_FIELDS}
-    return {**stored, "base": base}
+def _comparable(identity: dict | None) -> dict | None:
+    """A search identity as resuming compares it: without retired fields, and without the base's value
+    of any setting the space searches (every trial sets it, so the base's value, e.g. a package
+    default that changed since, never reaches a run)."""
+    if identity is None or "base" not in identity:
+        return identity
+    searched = set(identity.get("space", {}))
+    base = {k: v for k, v in identity["base"].items() if k not in _RETIRED_BASE_FIELDS and k not in searched}
+    for field, prefix in (("backbone_params", "backbone."), ("method_params", "method.")):
+        if isinstance(base.get(field), dict):
+            base[field] = {k: v for k, v in base[field].items() if prefix + k not in searched}
+    return {**identity, "base": base}
 
 
 def _open_study(name: str, url: str, identity: dict, budget: dict, sampler, pruner, heartbeat_interval: int,
@@ -302,11 +309,12 @@ def _open_study(name: str, url: str, identity: dict, budget: dict, sampler, prun
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
     identity = json.loads(json.dumps(identity))  # as the storage gives it back (tuples become lists)
-    stored = _without_retired(study.user_attrs.get("search"))
+    stored = study.user_attrs.get("search")
     if stored is None:
         study.set_user_attr("search", identity)
-    elif stored != identity:
-        differ = sorted(k for k in identity if stored.get(k) != identity[k])
+    elif _comparable(stored) != _comparable(identity):
+        stored, compared = _comparable(stored), _comparable(identity)
+        differ = sorted(k for k in compared if stored.get(k) != compared[k])
         raise ValueError(f"study {name!r} holds another search (differs in {', '.join(differ)}); "
                          f"pass another --study name or the same settings")
     if study.user_attrs.get("budget") != budget:

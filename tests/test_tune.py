@@ -195,7 +195,12 @@ def test_a_study_from_before_a_field_left_the_run_identity_still_resumes(small, 
                         progress=False, final=False)
     assert again.spent["trials"] == 2  # the first trial counted once, not run again
     assert again.trials.iloc[0].to_dict() == first.trials.iloc[0].to_dict()
+    # the base's value of a searched setting never reaches a run: a changed package default is the same search
     study.set_user_attr("search", {**search, "base": {**search["base"], "lr": 0.5}})
+    assert "lr" in search["space"]
+    tuning.tune(small, "MF", "none", trials=2, epochs_budget=1, study_name="s", cache_dir=tmp_path,
+                progress=False, final=False)
+    study.set_user_attr("search", {**search, "base": {**search["base"], "batch_size": 7}})  # not searched
     with pytest.raises(ValueError, match="base"):
         tuning.tune(small, "MF", "none", trials=2, epochs_budget=1, study_name="s", cache_dir=tmp_path,
                     progress=False, final=False)
