@@ -202,6 +202,12 @@ def test_the_committed_synthetic_report_rebuilds_from_its_records_without_traini
     outcome = {r["notebook"]: r["error"] for r in manifests[0]["notebooks"]}
     assert outcome == {n: None for n in notebooks}
     assert not (tmp_path / "empty-cache" / "results").exists()  # nothing trained, nothing cached
-    # the rebuilt numbers are the committed ones: CKD's improvement per backbone, to the last digit
+    # the rebuilt numbers are the committed ones: CKD's improvement per backbone, recomputed from the same
+    # recorded floats (to 1e-12: the interval's t quantile comes from a special function, whose last bit
+    # may differ between library builds; everything else is equal)
     rebuilt = json.loads((tmp_path / "synthetic" / "table1_summary.json").read_text())
-    assert rebuilt == json.loads((source / "table1_summary.json").read_text())
+    committed = json.loads((source / "table1_summary.json").read_text())
+    assert rebuilt.keys() == committed.keys() and rebuilt["provenance"] == committed["provenance"]
+    assert rebuilt["backbones"].keys() == committed["backbones"].keys()
+    for name, entry in committed["backbones"].items():
+        assert rebuilt["backbones"][name] == pytest.approx(entry, rel=1e-12, nan_ok=True), name
