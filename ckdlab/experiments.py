@@ -23,8 +23,8 @@ its own module, which builds on this one (never the reverse).
 from __future__ import annotations
 
 import itertools
-import math
 import json
+import math
 import os
 import socket
 import sys
@@ -178,9 +178,7 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
 
     dataset = load_dataset(dataset)
     if not use_cache:
-        if records.records_only():
-            raise ValueError("use_cache=False trains, but runs here come from records only "
-                             f"({records.ONLY_ENV}=1)")
+        _refuse_if_records_only()
         return fit(dataset, config, cache_dir=cache_dir, on_evaluation=on_evaluation)
     key = result_key(config, dataset)
     recorded = _recorded(config, dataset, key)
@@ -207,6 +205,12 @@ def run(config: TrainConfig, dataset="synthetic", *, cache_dir=None, use_cache: 
                          meta=entry_meta(config, dataset))
         failed.unlink(missing_ok=True)  # a retried run that now succeeds is no longer a failure
     return _keep_record(key, result, config, dataset)
+
+
+def _refuse_if_records_only() -> None:
+    """``use_cache=False`` always trains: an error where runs come from records only."""
+    if records.records_only():
+        raise ValueError(f"use_cache=False trains, but runs here come from records only ({records.ONLY_ENV}=1)")
 
 
 def _record_keys(config: TrainConfig, dataset, key: str) -> list[str]:
@@ -597,8 +601,8 @@ def grid(configs, dataset="synthetic", cache_dir=None, progress: bool = True, *,
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     items = _normalise_configs(configs)
-    if not use_cache and records.records_only():
-        raise ValueError(f"use_cache=False trains, but runs here come from records only ({records.ONLY_ENV}=1)")
+    if not use_cache:
+        _refuse_if_records_only()
     data = load_dataset(dataset)
     keys = [result_key(config, data) for _, config in items]
     outcomes: list[Result | dict | None] = [None] * len(items)

@@ -68,8 +68,8 @@ def table1_reading(frame: pd.DataFrame, metric: str = "recall@20", split: str = 
             beaten = [b for b in backbones if not math.isnan(plain[b]) and means[(ref, "none")] > plain[b]]
             if beaten:
                 lines.append(f"{dataset}: the plain {_names(beaten)} score(s) below {ref} on {label}.")
-        if "reached_cap" in block.columns and block["reached_cap"].fillna(False).astype(bool).any():
-            capped = block[block["reached_cap"].fillna(False).astype(bool)]
+        capped = tables.capped_runs(block)
+        if len(capped):
             which = sorted({f"{b}/{m}" for b, m in zip(capped["backbone"], capped["method"])})
             lines.append(f"{dataset}: {len(capped)} run(s) ended at their epoch cap, not by early stopping "
                          f"({_names(which)}); their scores may still have been rising.")

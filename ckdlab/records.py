@@ -112,23 +112,24 @@ def _decode(path: Path, schema: str) -> dict | None:
         raise store.CorruptEntry(path, f"not gzip-compressed JSON: {exc}") from None
 
 
+def _write(path: Path, payload: dict, schema: str, meta: dict | None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.write_blob(path, _encode(portable(payload)), schema=schema, format=RECORD_FORMAT, meta=meta)
+    return path
+
+
 def write_result(folder: Path, key: str, result: Result, meta: dict | None = None) -> Path:
     """Record ``result`` as ``<folder>/<key>.json.gz`` (replacing a failure record of the same run)."""
-    payload = {k: v for k, v in portable(result.to_dict()).items() if k not in _READ_MARKS}
-    path = result_record_path(folder, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store.write_blob(path, _encode(payload), schema=RECORD_SCHEMA, format=RECORD_FORMAT, meta=meta)
+    payload = {k: v for k, v in result.to_dict().items() if k not in _READ_MARKS}
+    path = _write(result_record_path(folder, key), payload, RECORD_SCHEMA, meta)
     failure_record_path(folder, key).unlink(missing_ok=True)
     return path
 
 
 def write_failure(folder: Path, key: str, failure: dict, meta: dict | None = None) -> Path:
     """Record a diverged run's failure record (see :func:`ckdlab.experiments.failure_record`)."""
-    payload = portable({k: v for k, v in failure.items() if k not in _MACHINE_FIELDS and k != "cached"})
-    path = failure_record_path(folder, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store.write_blob(path, _encode(payload), schema=FAILURE_RECORD_SCHEMA, format=RECORD_FORMAT, meta=meta)
-    return path
+    payload = {k: v for k, v in failure.items() if k not in _MACHINE_FIELDS + _READ_MARKS}
+    return _write(failure_record_path(folder, key), payload, FAILURE_RECORD_SCHEMA, meta)
 
 
 def read_result(folder: Path, key: str) -> Result | None:

@@ -332,12 +332,18 @@ def _method_label(method: str, backbone: str) -> str:
     return backbone if label is None else label
 
 
+def capped_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs that ended at their epoch cap instead of by early stopping (none without a
+    ``reached_cap`` column)."""
+    runs = _completed(frame)
+    if "reached_cap" not in runs.columns:
+        return runs.iloc[0:0]
+    return runs[runs["reached_cap"].fillna(False).astype(bool)]
+
+
 def _capped(frame: pd.DataFrame) -> set[tuple]:
     """``(dataset, backbone, method)`` of the blocks where some run ended at its epoch cap."""
-    if "reached_cap" not in frame.columns:
-        return set()
-    hit = _completed(frame)
-    hit = hit[hit["reached_cap"].fillna(False).astype(bool)]
+    hit = capped_runs(frame)
     return set(zip(hit["dataset"], hit["backbone"], hit["method"]))
 
 

@@ -168,28 +168,32 @@ def entry_from_search(result, raw) -> TunedEntry:
                       dict(normalize) if normalize else None)
 
 
+def _write_table(path: Path, rows: list[TunedEntry]) -> None:
+    """Write ``rows`` as the table at ``path``, atomically, sorted."""
+    from .store import atomic_write_text
+
+    rows = sorted(rows, key=lambda e: (e.dataset, e.fingerprint, e.backbone.lower(), e.method))
+    atomic_write_text(path, json.dumps({"format": FORMAT, "entries": [asdict(e) for e in rows]}, indent=1) + "\n")
+
+
+def _other_rows(entry: TunedEntry, path: Path) -> list[TunedEntry]:
+    return [e for e in load_table(path) if not e.matches(entry.fingerprint, entry.backbone, entry.method)]
+
+
 def record(entry: TunedEntry, path=None) -> Path:
     """Add ``entry`` to the table at ``path`` (default the shipped one), replacing the same
     dataset/backbone/method; written atomically, rows sorted."""
-    from .store import atomic_write_text
-
     path = Path(path) if path is not None else TABLE_PATH
-    rows = [e for e in load_table(path) if not e.matches(entry.fingerprint, entry.backbone, entry.method)]
-    rows.append(entry)
-    rows.sort(key=lambda e: (e.dataset, e.fingerprint, e.backbone.lower(), e.method))
-    atomic_write_text(path, json.dumps({"format": FORMAT, "entries": [asdict(e) for e in rows]}, indent=1) + "\n")
+    _write_table(path, _other_rows(entry, path) + [entry])
     return path
 
 
 def forget(entry: TunedEntry, path=None) -> Path:
     """Remove the row of ``entry``'s dataset, backbone and method from the table at ``path`` (if it has one)."""
-    from .store import atomic_write_text
-
     path = Path(path) if path is not None else TABLE_PATH
-    rows = load_table(path)
-    kept = [e for e in rows if not e.matches(entry.fingerprint, entry.backbone, entry.method)]
-    if len(kept) != len(rows):
-        atomic_write_text(path, json.dumps({"format": FORMAT, "entries": [asdict(e) for e in kept]}, indent=1) + "\n")
+    kept = _other_rows(entry, path)
+    if len(kept) != len(load_table(path)):
+        _write_table(path, kept)
     return path
 
 

@@ -312,9 +312,8 @@ def _open_study(name: str, url: str, identity: dict, budget: dict, sampler, prun
     stored = study.user_attrs.get("search")
     if stored is None:
         study.set_user_attr("search", identity)
-    elif _comparable(stored) != _comparable(identity):
-        stored, compared = _comparable(stored), _comparable(identity)
-        differ = sorted(k for k in compared if stored.get(k) != compared[k])
+    elif (was := _comparable(stored)) != (now := _comparable(identity)):
+        differ = sorted(k for k in now if was.get(k) != now[k])
         raise ValueError(f"study {name!r} holds another search (differs in {', '.join(differ)}); "
                          f"pass another --study name or the same settings")
     if study.user_attrs.get("budget") != budget:
