@@ -24,6 +24,8 @@ def parse_setting(item: str, flag: str = "--set") -> tuple[str, Any]:
 #: curves of the channels: a cached run without them does not satisfy a run that asks for them
 #: (``experiments.run`` trains it again), one with them serves both.
 _NOT_IDENTITY = ("progress", "device", "checkpoint_every", "eval_by_modality")
+#: The learning rate of a backbone that does not set its own ``default_lr``.
+DEFAULT_LR = 1e-3
 
 
 @dataclass
@@ -45,8 +47,12 @@ class TrainConfig:
         Upper bound on training epochs; early stopping usually ends sooner.
     batch_size : int
         BPR triples per step (paper code: 2048).
-    lr : float
-        Adam learning rate (paper grid: 1e-4, 5e-4, 1e-3, 5e-3).
+    lr : float or None
+        Adam learning rate (paper grid: 1e-4, 5e-4, 1e-3, 5e-3). None (the default): the
+        backbone's own default (its class attribute ``default_lr``, set where a backbone's
+        validation runs chose another rate, see the README's "Defaults for a dataset without
+        tuned settings"), else :data:`DEFAULT_LR`. Resolved when the config is made, so the
+        stored value, and every cache key, is always a number.
     reg_weight : float
         L2 coefficient of the backbone's regularisation (paper grid: 1e-5 ... 1e-2).
         The default 1e-2 (with lr 1e-3) was chosen on validation Recall@20 only, across the six
@@ -102,7 +108,7 @@ class TrainConfig:
     method: str = "none"
     max_epochs: int = 200
     batch_size: int = 2048
-    lr: float = 1e-3
+    lr: float | None = None
     reg_weight: float = 1e-2
     patience: int = 10
     eval_every: int = 1
@@ -122,6 +128,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self._resolve_backbone()
+        if self.lr is None:
+            self.lr = self.default_lr()
         self.ks = tuple(int(k) for k in self.ks)
         self.ablate = tuple(sorted(self.ablate))
         if self.select_metric not in {f"{m}@{k}" for m in ("recall", "ndcg", "precision") for k in self.ks}:
@@ -141,6 +149,16 @@ class TrainConfig:
         if not resolved.builtin:
             self.backbone = resolved.name  # built-ins keep the spelling given: it is in their keys
         self.backbone_source, self.backbone_sha256 = resolved.source, resolved.sha256
+        self._default_lr = getattr(resolved.cls, "default_lr", None) or DEFAULT_LR
+
+    def default_lr(self) -> float:
+        """The learning rate this config's backbone gets when none is set."""
+        return self._default_lr
+
+    def uses_default_lr(self) -> bool:
+        """Whether ``lr`` is the backbone's default (then a config made from this one for
+        another backbone gets that backbone's default)."""
+        return self.lr == self._default_lr
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -167,6 +185,10 @@ class TrainConfig:
         return d
 
     def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes``; another backbone keeps this config's learning rate only
+        where it was set explicitly (not the backbone's default)."""
+        if "backbone" in changes and "lr" not in changes and self.uses_default_lr():
+            changes["lr"] = None
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -208,4 +230,6 @@ class TrainConfig:
         if cfg["backbone"] != self.backbone:  # another backbone: resolve it afresh
             cfg.pop("backbone_source", None)
             cfg.pop("backbone_sha256", None)
+            if cfg["lr"] == self.lr and self.uses_default_lr():
+                cfg["lr"] = None  # and its own default learning rate
         return TrainConfig.from_dict(cfg)

@@ -362,6 +362,8 @@ def product(base: TrainConfig | Mapping | None = None, **axes) -> list[TrainConf
                 cfg["method_params"][name[len("method."):]] = value
             else:
                 cfg[name] = value
+        if "backbone" in names and "lr" not in names and base.uses_default_lr():
+            cfg["lr"] = None  # each backbone its own default learning rate
         out.append(TrainConfig.from_dict(cfg))
     return out
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import write_mmrec  # noqa: E402
 
 from ckdlab import tuned  # noqa: E402
-from ckdlab.config import TrainConfig  # noqa: E402
+from ckdlab.config import DEFAULT_LR, TrainConfig  # noqa: E402
 from ckdlab.data import load, normalize_dataset  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def test_cli_train_uses_tuned_settings_and_flags_override_them(small, tmp_path, 
         with pytest.raises(_Stop):
             cli.main(common + extra)
     assert [(c.lr, c.reg_weight, c.max_epochs) for c in seen] == [
-        (0.004, 0.002, 2), (0.003, 0.002, 4), (TrainConfig.lr, TrainConfig.reg_weight, TrainConfig.max_epochs)]
+        (0.004, 0.002, 2), (0.003, 0.002, 4), (DEFAULT_LR, TrainConfig.reg_weight, TrainConfig.max_epochs)]
     out = capsys.readouterr().out
     assert out.count("tuned settings") == 2 and "study s" in out
 
@@ -180,8 +180,8 @@ def test_an_entry_says_how_to_normalise_and_a_given_normalisation_wins(monkeypat
         with pytest.raises(_Stop):
             cli.main(["train", "--data", "synthetic", "--quiet", "--set", "seed=0"] + extra)
     used = [(cfg.lr, sorted(set((ds.normalization or {"-": "as read"}).values()))) for cfg, ds in seen]
-    assert used == [(0.004, ["standardize"]), (0.004, ["standardize"]), (TrainConfig.lr, ["as read"]),
-                    (TrainConfig.lr, ["l2"])]
+    assert used == [(0.004, ["standardize"]), (0.004, ["standardize"]), (DEFAULT_LR, ["as read"]),
+                    (DEFAULT_LR, ["l2"])]
     assert "features {" in capsys.readouterr().out
 
 

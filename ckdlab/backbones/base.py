@@ -37,6 +37,9 @@ class Backbone(nn.Module):
     name = "base"
     #: False for models with nothing to train (Pop); the trainer then only evaluates.
     trainable = True
+    #: Learning rate of a run that does not set one; None: the package's (``config.DEFAULT_LR``).
+    #: Set it only from validation runs on more than one dataset, and say which.
+    default_lr: float | None = None
     #: Sub-results shared by the forward passes of one training step (see :meth:`step_scope`).
     _step_memo: dict | None = None
 
