@@ -19,7 +19,7 @@ from ckdlab import cli
 from ckdlab.provenance import describe
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-BACKBONES = "Pop,VBPR,DeepStyle,MMGCN,GRCN,EgoGCN,MGCN"
+BACKBONES = "VBPR,DeepStyle,MMGCN,GRCN,EgoGCN,MGCN"  # and Pop, always
 
 
 def first_run(folder: Path, backbone: str) -> dict:
@@ -39,9 +39,10 @@ def main() -> None:
     p.add_argument("--backbones", default=BACKBONES)
     args = p.parse_args()
     rows, provenance = [], None
+    models = [b for b in args.backbones.split(",") if b != "Pop"]
     for name in args.datasets.split(","):
         pop = None
-        for backbone in args.backbones.split(","):
+        for backbone in ["Pop", *models]:  # popularity first: every row is compared with it
             result = first_run(SHARED / name, backbone)
             test = result["test"]["recall@20"]
             pop = test if backbone == "Pop" else pop
@@ -50,8 +51,7 @@ def main() -> None:
                          config["lr"], config["reg_weight"], result["best_epoch"], result["epochs_run"],
                          config["max_epochs"], pop))
             provenance = result.get("provenance")
-            print(f"{name} {backbone}: test R@20 {test:.4f} (Pop {pop if pop is not None else float('nan'):.4f})",
-                  flush=True)
+            print(f"{name} {backbone}: test R@20 {test:.4f} (Pop {pop:.4f})", flush=True)
     print(f"\n{describe(provenance)}\n")
     print("| dataset | model | test R@20 | test NDCG@20 | valid R@20 | lr | L2 | best epoch / run (cap) | vs Pop |")
     print("|---|---|---|---|---|---|---|---|---|")
