@@ -126,15 +126,21 @@ def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.nda
     masked, relevant = _RowIndex(mask_matrix, device), _RowIndex(truth_matrix, device)
     users_t = torch.as_tensor(users, dtype=torch.long, device=device)
     size = int(batch_size) if batch_size else auto_batch_size(item_reps.shape[0], device)
+    scores = None  # one score buffer for every batch: a fresh (batch x items) matrix per batch costs page faults
     start = 0
     while start < len(users):
         batch = users_t[start:start + size]
         try:
-            batch_values = _batch_metrics(user_reps, item_reps, batch, masked, relevant, max_k, ks)
+            if scores is None or scores.shape[0] < len(batch):
+                scores = None  # free the old buffer before allocating the new one
+                scores = torch.empty((len(batch), item_reps.shape[0]), device=device,
+                                     dtype=torch.promote_types(user_reps.dtype, item_reps.dtype))
+            batch_values = _batch_metrics(user_reps, item_reps, batch, masked, relevant, max_k, ks,
+                                          scores[:len(batch)])
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc) or size == 1:
                 raise
-            size = max(1, size // 2)
+            size, scores = max(1, size // 2), None
             warnings.warn(f"evaluation ran out of memory on {device}; retrying with {size} users per batch",
                           RuntimeWarning, stacklevel=2)
             if device.type == "cuda":
@@ -153,18 +159,20 @@ def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.nda
     return result
 
 
-def _batch_metrics(user_reps, item_reps, batch, masked: _RowIndex, relevant: _RowIndex, max_k: int, ks):
-    """Per-user metrics of one batch of users (the memory-heavy part: a batch x items score matrix).
+def _batch_metrics(user_reps, item_reps, batch, masked: _RowIndex, relevant: _RowIndex, max_k: int, ks,
+                   scores: torch.Tensor):
+    """Per-user metrics of one batch of users (the memory-heavy part: a batch x items score matrix,
+    written into ``scores``, a buffer of that shape whose content is overwritten).
 
     Beyond the floor (the product and top-k) it touches only the sparse entries: the training
     items are set to -inf in place, and the hits are found among the top-k by their (row, item)
     keys, with no dense batch x items mask.
     """
-    scores = user_reps[batch] @ item_reps.T
+    with torch.no_grad():  # metrics only; ``out=`` takes no part in autograd
+        torch.matmul(user_reps[batch], item_reps.T, out=scores)
     rows, cols, _ = masked.coordinates(batch)
     scores[rows, cols] = float("-inf")
     top = torch.topk(scores, max_k, dim=1).indices
-    del scores
     n_items = item_reps.shape[0]
     rows, cols, n_relevant = relevant.coordinates(batch)
     truth_keys = rows * n_items + cols

@@ -86,3 +86,19 @@ def test_auto_batch_size_follows_free_memory(monkeypatch):
 def test_free_memory_is_reported_on_cpu():
     free = ev.free_memory_bytes(torch.device("cpu"))
     assert free is None or free > 0
+
+
+def test_every_batch_scores_into_one_buffer(monkeypatch):
+    """A fresh batch x items matrix per batch is page-faulted in again each time; the evaluation reuses one."""
+    users, items, eval_users, train, truth = random_case()
+    reference = ev.rank_metrics(users, items, eval_users, train, truth, batch_size=10_000)
+    real, buffers = ev._batch_metrics, []
+
+    def record(user_reps, item_reps, batch, *args):
+        buffers.append((args[-1].data_ptr(), tuple(args[-1].shape)))
+        return real(user_reps, item_reps, batch, *args)
+
+    monkeypatch.setattr(ev, "_batch_metrics", record)
+    assert ev.rank_metrics(users, items, eval_users, train, truth, batch_size=7) == reference
+    assert len(buffers) > 2 and len({ptr for ptr, _ in buffers}) == 1
+    assert all(shape[1] == items.shape[0] for _, shape in buffers)
