@@ -127,9 +127,12 @@ class TrainConfig:
     backbone_sha256: str | None = field(default=None, init=False)
 
     def __post_init__(self):
-        self._resolve_backbone()
+        #: whether the caller chose ``lr``; if not, a config built from this one for another
+        #: backbone gets that backbone's default (:meth:`template`)
+        self._lr_given = self.lr is not None
+        resolved = self._resolve_backbone()
         if self.lr is None:
-            self.lr = self.default_lr()
+            self.lr = getattr(resolved.cls, "default_lr", None) or DEFAULT_LR
         self.ks = tuple(int(k) for k in self.ks)
         self.ablate = tuple(sorted(self.ablate))
         if self.select_metric not in {f"{m}@{k}" for m in ("recall", "ndcg", "precision") for k in self.ks}:
@@ -141,7 +144,7 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0 (0 disables periodic checkpoints), "
                              f"got {self.checkpoint_every}")
 
-    def _resolve_backbone(self) -> None:
+    def _resolve_backbone(self):
         """Load a plug-in backbone (file, module, entry point) and record its name, source and hash."""
         from .backbones.specs import resolve_backbone  # imports torch: only when a config is made
 
@@ -149,16 +152,19 @@ class TrainConfig:
         if not resolved.builtin:
             self.backbone = resolved.name  # built-ins keep the spelling given: it is in their keys
         self.backbone_source, self.backbone_sha256 = resolved.source, resolved.sha256
-        self._default_lr = getattr(resolved.cls, "default_lr", None) or DEFAULT_LR
-
-    def default_lr(self) -> float:
-        """The learning rate this config's backbone gets when none is set."""
-        return self._default_lr
+        return resolved
 
     def uses_default_lr(self) -> bool:
-        """Whether ``lr`` is the backbone's default (then a config made from this one for
-        another backbone gets that backbone's default)."""
-        return self.lr == self._default_lr
+        """Whether ``lr`` was left to the backbone's default (not given by the caller)."""
+        return not self._lr_given
+
+    def template(self) -> dict:
+        """:meth:`to_dict` for building other configs from this one: ``lr`` is None unless it was
+        given, so the built config's backbone decides its default."""
+        d = self.to_dict()
+        if self.uses_default_lr():
+            d["lr"] = None
+        return d
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -185,10 +191,9 @@ class TrainConfig:
         return d
 
     def replace(self, **changes) -> "TrainConfig":
-        """A copy with ``changes``; another backbone keeps this config's learning rate only
-        where it was set explicitly (not the backbone's default)."""
-        if "backbone" in changes and "lr" not in changes and self.uses_default_lr():
-            changes["lr"] = None
+        """A copy with ``changes``; the learning rate stays the backbone's default unless it was given."""
+        if self.uses_default_lr():
+            changes.setdefault("lr", None)
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -215,7 +220,7 @@ class TrainConfig:
         set a backbone or method hyperparameter. Values are parsed as JSON when
         possible (numbers, true/false, lists), otherwise kept as strings.
         """
-        cfg = self.to_dict()
+        cfg = self.template()
         for item in settings:
             name, value = parse_setting(item)
             if name.startswith("backbone."):
@@ -230,6 +235,4 @@ class TrainConfig:
         if cfg["backbone"] != self.backbone:  # another backbone: resolve it afresh
             cfg.pop("backbone_source", None)
             cfg.pop("backbone_sha256", None)
-            if cfg["lr"] == self.lr and self.uses_default_lr():
-                cfg["lr"] = None  # and its own default learning rate
         return TrainConfig.from_dict(cfg)

@@ -352,7 +352,7 @@ def product(base: TrainConfig | Mapping | None = None, **axes) -> list[TrainConf
     values = [v if isinstance(v, list) else [v] for v in axes.values()]
     out = []
     for combo in itertools.product(*values):
-        cfg = base.to_dict()
+        cfg = base.template()  # lr None unless given: each backbone its own default
         cfg["backbone_params"] = dict(cfg["backbone_params"])
         cfg["method_params"] = dict(cfg["method_params"])
         for name, value in zip(names, combo):
@@ -362,8 +362,6 @@ def product(base: TrainConfig | Mapping | None = None, **axes) -> list[TrainConf
                 cfg["method_params"][name[len("method."):]] = value
             else:
                 cfg[name] = value
-        if "backbone" in names and "lr" not in names and base.uses_default_lr():
-            cfg["lr"] = None  # each backbone its own default learning rate
         out.append(TrainConfig.from_dict(cfg))
     return out
 

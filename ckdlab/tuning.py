@@ -101,9 +101,8 @@ def search_config(backbone: str, method: str, *, epochs_budget: int, seed: int =
     """What every trial starts from: ``base`` (default TrainConfig) for ``backbone``/``method``,
     ``max_epochs=epochs_budget`` (CKD's teachers too), early stopping on Recall@20, no test split."""
     base = base or TrainConfig()
-    fields = {k: v for k, v in base.to_dict().items()
-              if k not in ("backbone", "method", "seed", "max_epochs", "device", "backbone_params", "method_params")
-              and not (k == "lr" and base.uses_default_lr())}  # else: the searched backbone's own default
+    fields = {k: v for k, v in base.template().items()  # lr None unless given: the searched backbone's default
+              if k not in ("backbone", "method", "seed", "max_epochs", "device", "backbone_params", "method_params")}
     fields.update(select_metric=METRIC, evaluate_test=False, eval_by_modality=False, progress=False)
     return make_config(backbone, method, seed=seed, max_epochs=epochs_budget, device=device,
                        teacher_epochs=epochs_budget if method == "ckd" else None,

@@ -60,3 +60,12 @@ def test_what_ships_mmgcn_alone_has_its_own_rate():
     assert {"VBPR", "MMGCN", "Pop", "LightGCN"} <= set(built_in)
     own = {name: TrainConfig(backbone=name).lr for name in built_in if TrainConfig(backbone=name).lr != DEFAULT_LR}
     assert own == {"MMGCN": 1e-4}
+
+
+def test_a_given_rate_equal_to_another_backbones_default_is_kept(mmgcn_own_lr):
+    """`--set lr=0.001` is the user's choice even though it is VBPR's default: MMGCN must not drop it."""
+    assert TrainConfig().with_settings(["backbone=MMGCN", "lr=0.001"]).lr == DEFAULT_LR
+    assert TrainConfig(lr=DEFAULT_LR).replace(backbone="MMGCN").lr == DEFAULT_LR
+    fixed = TrainConfig().with_settings(["lr=0.001"])  # what `ckdlab tune --set lr=0.001` searches from
+    assert search_config("MMGCN", "none", epochs_budget=3, base=fixed).lr == DEFAULT_LR
+    assert [c.lr for c in product(fixed, backbone=["VBPR", "MMGCN"])] == [DEFAULT_LR, DEFAULT_LR]
