@@ -126,13 +126,14 @@ def rank_metrics(user_reps: torch.Tensor, item_reps: torch.Tensor, users: np.nda
     masked, relevant = _RowIndex(mask_matrix, device), _RowIndex(truth_matrix, device)
     users_t = torch.as_tensor(users, dtype=torch.long, device=device)
     size = int(batch_size) if batch_size else auto_batch_size(item_reps.shape[0], device)
-    scores = None  # one score buffer for every batch: a fresh (batch x items) matrix per batch costs page faults
+    # one score buffer for every batch (batches only shrink; an out-of-memory retry drops it): a fresh
+    # batch x items matrix per batch would be faulted in again each time
+    scores = None
     start = 0
     while start < len(users):
         batch = users_t[start:start + size]
         try:
-            if scores is None or scores.shape[0] < len(batch):
-                scores = None  # free the old buffer before allocating the new one
+            if scores is None:
                 scores = torch.empty((len(batch), item_reps.shape[0]), device=device,
                                      dtype=torch.promote_types(user_reps.dtype, item_reps.dtype))
             batch_values = _batch_metrics(user_reps, item_reps, batch, masked, relevant, max_k, ks,

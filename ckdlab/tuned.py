@@ -176,23 +176,24 @@ def _write_table(path: Path, rows: list[TunedEntry]) -> None:
     atomic_write_text(path, json.dumps({"format": FORMAT, "entries": [asdict(e) for e in rows]}, indent=1) + "\n")
 
 
-def _other_rows(entry: TunedEntry, path: Path) -> list[TunedEntry]:
-    return [e for e in load_table(path) if not e.matches(entry.fingerprint, entry.backbone, entry.method)]
+def _other_rows(entry: TunedEntry, rows: list[TunedEntry]) -> list[TunedEntry]:
+    return [e for e in rows if not e.matches(entry.fingerprint, entry.backbone, entry.method)]
 
 
 def record(entry: TunedEntry, path=None) -> Path:
     """Add ``entry`` to the table at ``path`` (default the shipped one), replacing the same
     dataset/backbone/method; written atomically, rows sorted."""
     path = Path(path) if path is not None else TABLE_PATH
-    _write_table(path, _other_rows(entry, path) + [entry])
+    _write_table(path, _other_rows(entry, load_table(path)) + [entry])
     return path
 
 
 def forget(entry: TunedEntry, path=None) -> Path:
     """Remove the row of ``entry``'s dataset, backbone and method from the table at ``path`` (if it has one)."""
     path = Path(path) if path is not None else TABLE_PATH
-    kept = _other_rows(entry, path)
-    if len(kept) != len(load_table(path)):
+    rows = load_table(path)
+    kept = _other_rows(entry, rows)
+    if len(kept) != len(rows):  # the table is rewritten only when it had the row
         _write_table(path, kept)
     return path
 
