@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .gather import rows
 from .modality import ModalityInputs
 
 DEFAULT_KS = (10, 20, 50)
@@ -170,13 +171,13 @@ def _batch_metrics(user_reps, item_reps, batch, masked: _RowIndex, relevant: _Ro
     keys, with no dense batch x items mask.
     """
     with torch.no_grad():  # metrics only; ``out=`` takes no part in autograd
-        torch.matmul(user_reps[batch], item_reps.T, out=scores)
-    rows, cols, _ = masked.coordinates(batch)
-    scores[rows, cols] = float("-inf")
+        torch.matmul(rows(user_reps, batch), item_reps.T, out=scores)
+    row_of, cols, _ = masked.coordinates(batch)
+    scores[row_of, cols] = float("-inf")
     top = torch.topk(scores, max_k, dim=1).indices
     n_items = item_reps.shape[0]
-    rows, cols, n_relevant = relevant.coordinates(batch)
-    truth_keys = rows * n_items + cols
+    row_of, cols, n_relevant = relevant.coordinates(batch)
+    truth_keys = row_of * n_items + cols
     top_keys = torch.arange(len(batch), device=top.device).unsqueeze(1) * n_items + top
     hits = torch.isin(top_keys, truth_keys)
     return metrics_from_hits(hits, n_relevant, ks)

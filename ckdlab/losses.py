@@ -7,7 +7,12 @@ import torch.nn.functional as F
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """Bayesian Personalised Ranking, eq. 2: mean of -ln sigmoid(s_ui - s_uj)."""
-    return -F.logsigmoid(pos_scores - neg_scores).mean()
+    return bpr_margin_loss(pos_scores - neg_scores)
+
+
+def bpr_margin_loss(margins: torch.Tensor) -> torch.Tensor:
+    """:func:`bpr_loss` of the margins s_ui - s_uj."""
+    return -F.logsigmoid(margins).mean()
 
 
 def hinge_distillation(teacher_margin: torch.Tensor, student_margin: torch.Tensor) -> torch.Tensor:

@@ -196,7 +196,8 @@ def test_two_modalities_need_three_forwards_per_step(small, tmp_path):
     """Full model + one channel per modality; "m ablated" reuses the other modality's channel.
 
     A pass is a ``batch_rows`` call (VBPR computes only the batch's rows; graph backbones run
-    ``forward`` inside it)."""
+    ``forward`` inside it). VBPR's channels score the batch and the generic triples in two calls
+    (the batch's rows are the full pass's, memoised), so each channel appears twice."""
     config = cfg(method_params={"teacher": {"max_epochs": 1}})
     model, inputs, method = setup_ckd(small, config, tmp_path)
     assert model.computes_batch_rows
@@ -210,7 +211,7 @@ def test_two_modalities_need_three_forwards_per_step(small, tmp_path):
     model.batch_rows = counting_rows
     batch = Batch(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
     method.batch_loss(model, inputs, batch)
-    assert sorted(map(sorted, seen)) == [[], ["image"], ["text"]]
+    assert sorted(map(sorted, seen)) == [[], ["image"], ["image"], ["text"], ["text"]]
 
 
 @pytest.mark.parametrize("names", [("image", "text"), ("audio", "image", "text")])

@@ -77,3 +77,70 @@ def test_a_value_computed_without_grad_is_not_reused_with_grad():
     assert items.requires_grad
     items.sum().backward()
     assert all(model.projection[m].weight.grad is not None for m in inputs.names)
+
+
+@pytest.mark.parametrize("backbone", ["VBPR", "DeepStyle"])
+def test_a_ckd_step_projects_each_modality_of_the_batch_once(backbone):
+    """CKD's channels score the batch with index tensors of their own: the rows the step's full pass
+    gathered and projected are found by value; only the generic triples' items are projected anew."""
+    from ckdlab.balance import Batch, backbone_step
+    from ckdlab.balance.ckd import _channel_margins
+
+    data = make_tiny_dataset()
+    model = build_backbone(backbone, data)
+    inputs = ModalityInputs.from_dataset(data)
+    batch = Batch(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
+    generic = Batch(torch.tensor([9, 10]), torch.tensor([11, 12]), torch.tensor([13, 14]))
+    calls = count_projection_calls(model)
+    with model.step_scope():
+        backbone_step(model, inputs, batch, 1e-4)
+        for m in inputs.names:
+            ds, dg = _channel_margins(model, inputs.only(m), batch, generic)
+    batch_rows = [c for c in calls if c[1][0] == 2 * len(batch.users)]
+    generic_rows = [c for c in calls if c[1][0] == 2 * len(generic.users)]
+    assert sorted(m for m, _ in batch_rows) == sorted(inputs.names)  # the full pass's, once per modality
+    assert sorted(m for m, _ in generic_rows) == sorted(inputs.names)  # each channel its own modality
+    # and the shared rows give the channel's own margins
+    with torch.no_grad():
+        for m in inputs.names:
+            u, i = model(inputs.only(m))
+            expected = (u[batch.users] * (i[batch.pos] - i[batch.neg])).sum(-1)
+            with model.step_scope():
+                backbone_step(model, inputs, batch, 1e-4)
+                ds, dg = _channel_margins(model, inputs.only(m), batch, generic)
+            torch.testing.assert_close(ds, expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(dg, (u[generic.users] * (i[generic.pos] - i[generic.neg])).sum(-1),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_rows_are_found_by_value_only_when_asked_and_not_across_tables():
+    data = make_tiny_dataset()
+    model = build_backbone("VBPR", data)
+    index = torch.tensor([1, 2, 3])
+    with model.step_scope():
+        first = model.gathered(model.user_id, index)
+        assert model.gathered(model.user_id, torch.tensor([1, 2, 3])) is first      # equal values
+        assert model.gathered(model.user_id, torch.tensor([1, 2, 4])) is not first  # other values
+        assert model.gathered(model.item_id, torch.tensor([1, 2, 3])) is not first  # other table
+        same_id = model.memoised(("k",), index, lambda: torch.zeros(1))
+        assert model.memoised(("k",), torch.tensor([1, 2, 3]), lambda: torch.ones(1)) is not same_id
+    assert torch.equal(first, model.user_id[index])
+
+
+def test_triple_margins_value_and_gradient_equal_autograd_through_slices():
+    from ckdlab.gather import triple_margins
+
+    torch.manual_seed(0)
+    u = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(triple_margins, (u, items))
+    weights = torch.randn(5, dtype=torch.float64)
+    ours = (triple_margins(u, items) * weights).sum()
+    grads = torch.autograd.grad(ours, (u, items))
+    plain = ((u * (items[:5] - items[5:])).sum(-1) * weights).sum()
+    expected = torch.autograd.grad(plain, (u, items))
+    assert torch.allclose(ours, plain)
+    for a, b in zip(grads, expected):
+        assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="need 10 item rows"):
+        triple_margins(u, items[:9])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..gather import rows
+
 
 def embedding_l2(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                  user_tables: list[torch.Tensor], item_tables: list[torch.Tensor]) -> torch.Tensor:
@@ -19,9 +21,9 @@ def embedding_l2(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     """
     sq = users.new_zeros((), dtype=torch.float32)
     for t in user_tables:
-        sq = sq + t[users].pow(2).sum()
+        sq = sq + rows(t, users).pow(2).sum()
     for t in item_tables:
-        sq = sq + t[pos].pow(2).sum() + t[neg].pow(2).sum()
+        sq = sq + rows(t, pos).pow(2).sum() + rows(t, neg).pow(2).sum()
     return sq / (2 * max(len(users), 1))
 
 

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..gather import rows, triple_margins
 from ..modality import ModalityInputs
 
 
@@ -58,7 +59,7 @@ class Backbone(nn.Module):
         (``ckdlab check-backbone`` checks it).
         """
         user_reps, item_reps = self(inputs)
-        return user_reps[users], item_reps[items]
+        return rows(user_reps, users), rows(item_reps, items)
 
     @property
     def computes_batch_rows(self) -> bool:
@@ -67,15 +68,14 @@ class Backbone(nn.Module):
 
     @staticmethod
     def score_pairs(user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return (user_reps[users] * item_reps[items]).sum(dim=-1)
+        return (rows(user_reps, users) * rows(item_reps, items)).sum(dim=-1)
 
     @staticmethod
     def score_margins(user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
                       neg: torch.Tensor) -> torch.Tensor:
         """s_ui - s_uj per triple, as u . (i - j): one gather per side (each gather's backward
         writes a full-size gradient, so fewer gathers is the cheaper step)."""
-        items = item_reps[torch.cat([pos, neg])]
-        return (user_reps[users] * (items[:len(pos)] - items[len(pos):])).sum(dim=-1)
+        return triple_margins(rows(user_reps, users), rows(item_reps, torch.cat([pos, neg])))
 
     def regularization(self, user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """L2 penalty for a batch, averaged over the batch.
@@ -83,7 +83,8 @@ class Backbone(nn.Module):
         Default (the MMRec convention): half the squared norm of the final
         representations of the batch's users, positives and negatives.
         """
-        sq = user_reps[users].pow(2).sum() + item_reps[pos].pow(2).sum() + item_reps[neg].pow(2).sum()
+        sq = (rows(user_reps, users).pow(2).sum() + rows(item_reps, pos).pow(2).sum()
+              + rows(item_reps, neg).pow(2).sum())
         return sq / (2 * max(len(users), 1))
 
     def auxiliary_loss(self, user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -123,16 +124,32 @@ class Backbone(nn.Module):
         finally:
             self._step_memo = outer
 
-    def memoised(self, key, source: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``compute()``, or its value from earlier in this step for the same ``key`` and ``source`` tensor."""
+    def memoised(self, key, source: torch.Tensor, compute: Callable[[], torch.Tensor], *,
+                 by_value: bool = False) -> torch.Tensor:
+        """``compute()``, or its value from earlier in this step for the same ``key`` and ``source``.
+
+        ``source`` matches when it is the same tensor, or with ``by_value`` a tensor of equal
+        values (index tensors: the channel passes of a step gather the batch's rows again,
+        from index tensors built anew).
+        """
         memo = self._step_memo
         if memo is None:
             return compute()
-        hit = memo.get(key)
         grad = torch.is_grad_enabled()
-        # a value computed without autograd must not stand in for one that needs it
-        if hit is not None and hit[0] is source and (hit[2] or not grad):
-            return hit[1]
+        entries = memo.setdefault(key, [])
+        for earlier, value, with_grad in entries:
+            same = (earlier.shape == source.shape and torch.equal(earlier, source)) if by_value else earlier is source
+            # a value computed without autograd must not stand in for one that needs it
+            if same and (with_grad or not grad):
+                return value
         value = compute()
-        memo[key] = (source, value, grad)
+        entries.append((source, value, grad))
         return value
+
+    def gathered(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``table[index]``, gathered once per step for equal ``index`` values (see :meth:`memoised`).
+
+        Besides the gather itself this saves its backward, which zero-fills a gradient
+        of the whole ``table``.
+        """
+        return self.memoised(("gather", id(table)), index, lambda: rows(table, index), by_value=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..gather import rows
 from ..modality import ModalityInputs
 from .base import Backbone
 from .registry import register
@@ -61,15 +62,15 @@ class DeepStyle(Backbone):
     def batch_rows(self, inputs: ModalityInputs, users: torch.Tensor,
                    items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward``'s rows ``users`` and ``items``, projecting only the batch items' features."""
-        item = self.item_id[items] - self.category_vector[self.category[items]]
+        item = self.gathered(self.item_id, items) - self.gathered(self.category_vector, rows(self.category, items))
         for m in self.modalities:
             if inputs.is_ablated(m):
                 item = item + self._project(m, inputs.mean(m))
             else:
                 feat = inputs[m]
-                item = item + self.memoised(("rows", m, id(feat), id(items)), items,
-                                            lambda: self.projection[m](feat[items]))
-        return self.user_id[users], item
+                item = item + self.memoised(("rows", m, id(feat)), items,
+                                            lambda: self.projection[m](rows(feat, items)), by_value=True)
+        return self.gathered(self.user_id, users), item
 
     def _project(self, m: str, feat: torch.Tensor) -> torch.Tensor:
         """E_m e^m, computed once per training step for the same features (see ``Backbone.step_scope``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..gather import rows
 from ..modality import ModalityInputs
 from .base import Backbone
 from .registry import register
@@ -71,8 +72,8 @@ class VBPR(Backbone):
                    items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward``'s rows ``users`` and ``items``, computing only those: each modality projects
         just the batch items' features (a step needs a fraction of the catalogue)."""
-        user_parts, item_parts = [self.user_id[users]], [self.item_id[items]]
-        bias = self.item_bias[items]
+        user_parts, item_parts = [self.gathered(self.user_id, users)], [self.gathered(self.item_id, items)]
+        bias = self.gathered(self.item_bias, items)
         for m in self.modalities:
             pref = self.user_pref[m]
             if inputs.is_ablated(m):
@@ -80,10 +81,10 @@ class VBPR(Backbone):
                 projected, content = self._project(m, inputs.mean(m))
                 item_parts.append(projected.expand(len(items), -1))
             else:
-                user_parts.append(pref[users])
+                user_parts.append(self.gathered(pref, users))
                 feat = inputs[m]
-                projected, content = self.memoised(("rows", m, id(feat), id(items)), items,
-                                                   lambda: self._fused_projection(m, feat[items]))
+                projected, content = self.memoised(("rows", m, id(feat)), items, by_value=True,
+                                                   compute=lambda: self._fused_projection(m, rows(feat, items)))
                 item_parts.append(projected)
             bias = bias + content
         user_parts.append(torch.ones(len(users), 1, device=self.user_id.device))

@@ -18,7 +18,8 @@ import torch
 
 from ..backbones.base import Backbone
 from ..data.dataset import Dataset
-from ..losses import bpr_loss
+from ..gather import rows, triple_margins
+from ..losses import bpr_margin_loss
 from ..modality import ModalityInputs
 
 _METHODS: dict[str, type["BalanceMethod"]] = {}
@@ -93,18 +94,17 @@ def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float
         # one gather per side, reused by the scores and the default L2: every gather's backward
         # zero-fills and scatters into a gradient of the full table, the bulk of a cheap model's step
         user_reps, item_reps = model(inputs)
-        u, item_rows = user_reps[batch.users], item_reps[items]
-    i, j = item_rows[:n], item_rows[n:]
-    pos, neg = (u * i).sum(dim=-1), (u * j).sum(dim=-1)
-    loss = bpr_loss(pos, neg)
+        u, item_rows = rows(user_reps, batch.users), rows(item_reps, items)
+    margin = triple_margins(u, item_rows)
+    loss = bpr_margin_loss(margin)
     if default_l2:  # norms of the gathered rows
-        reg = (u.pow(2).sum() + i.pow(2).sum() + j.pow(2).sum()) / (2 * max(n, 1))
+        reg = (u.pow(2).sum() + item_rows.pow(2).sum()) / (2 * max(n, 1))
     else:
         reg = model.regularization(user_reps, item_reps, batch.users, batch.pos, batch.neg)
     loss = loss + reg_weight * reg
     if has_auxiliary:
         loss = loss + model.auxiliary_loss(user_reps, item_reps, batch.users, batch.pos, batch.neg)
-    return loss, user_reps, item_reps, pos - neg
+    return loss, user_reps, item_reps, margin
 
 
 class TrainingView(Dataset):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..gather import triple_margins
 from ..modality import ModalityInputs
 
 FULL = "full"
@@ -57,9 +58,8 @@ def check_modalities(model, inputs: ModalityInputs, method: str, *, disjoint: bo
 def margins(model, inputs: ModalityInputs, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """s_ui - s_uj per triple of the model fed ``inputs``, as u . (i - j) over the batch's rows
     (:meth:`~ckdlab.backbones.base.Backbone.batch_rows`: one forward pass, or only the rows)."""
-    n = len(pos)
     u, items = model.batch_rows(inputs, users, torch.cat([pos, neg]))
-    return (u * (items[:n] - items[n:])).sum(dim=-1)
+    return triple_margins(u, items)
 
 
 def channel_margins(model, inputs: ModalityInputs, modalities, users, pos, neg) -> dict[str, torch.Tensor]:

@@ -85,6 +85,32 @@ def released_weights(ite: dict[str, torch.Tensor], channel_margin: dict[str, tor
     return {m: scale * (1.0 - coeff[m] / total) for m in ite}
 
 
+def _joined(batch: Batch, generic: Batch | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(users, pos, neg) of the batch followed by the generic triples (if any)."""
+    if generic is None:
+        return batch.users, batch.pos, batch.neg
+    return tuple(torch.cat([a, b]) for a, b in zip((batch.users, batch.pos, batch.neg),
+                                                   (generic.users, generic.pos, generic.neg)))
+
+
+def _split(values: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch's first ``n`` values and the rest (None when there is no rest)."""
+    return (values, None) if len(values) == n else (values[:n], values[n:])
+
+
+def _channel_margins(model, channel_inputs, batch: Batch, generic: Batch | None):
+    """A channel's margins on the batch and on the generic triples (None without them).
+
+    A backbone that computes only a step's rows (VBPR, DeepStyle) scores the two sets in
+    two calls, so the batch's rows are the ones the step's full pass already gathered and
+    projected (``Backbone.memoised``); any other backbone runs one forward for both.
+    """
+    if generic is not None and model.computes_batch_rows:
+        return (margins(model, channel_inputs, batch.users, batch.pos, batch.neg),
+                margins(model, channel_inputs, generic.users, generic.pos, generic.neg))
+    return _split(margins(model, channel_inputs, *_joined(batch, generic)), len(batch.users))
+
+
 @register_method("ckd")
 @dataclass
 class CKD(BalanceMethod):
@@ -169,28 +195,22 @@ class CKD(BalanceMethod):
     def batch_loss(self, model, inputs, batch: Batch):
         loss, _, _, margin = backbone_step(model, inputs, batch, self.ctx.config.reg_weight)
 
-        # Each channel scores the batch's triples and (generic loss) uniform random triples;
-        # both sets go through one gather per side.
-        n_batch = len(batch.users)
-        users, pos, neg = batch.users, batch.pos, batch.neg
-        if self.generic:
-            device = batch.users.device
+        generic = None
+        if self.generic:  # uniform random triples (u, j, k) for the generic loss
             data = self.ctx.dataset
-            gu, gj, gk = (torch.as_tensor(a, dtype=torch.long, device=device)
-                          for a in uniform_triples(data.n_users, data.n_items, self._generic_n, self._rng))
-            users, pos, neg = torch.cat([users, gu]), torch.cat([pos, gj]), torch.cat([neg, gk])
+            generic = Batch(*(torch.as_tensor(a, dtype=torch.long, device=batch.users.device)
+                              for a in uniform_triples(data.n_users, data.n_items, self._generic_n, self._rng)))
 
         names = inputs.names
         per_modality, ite, channel_margin, teacher_mean = {}, {}, {}, {}
-        generic_terms, channel_all = {}, {}
+        generic_terms = {}
         for m in names:
-            channel_all[m] = margins(model, inputs.only(m), users, pos, neg)
+            ds, ds_generic = _channel_margins(model, inputs.only(m), batch, generic)
             with torch.no_grad():
-                dt_all = self.teachers[m].margin(users, pos, neg)
-            ds, dt = channel_all[m][:n_batch], dt_all[:n_batch]
+                dt, dt_generic = _split(self.teachers[m].margin(*_joined(batch, generic)), len(batch.users))
             per_modality[m] = ds, dt
             if self.generic:
-                generic_terms[m] = tempered_bce_distillation(dt_all[n_batch:], channel_all[m][n_batch:], self.tau)
+                generic_terms[m] = tempered_bce_distillation(dt_generic, ds_generic, self.tau)
             channel_margin[m] = ds.detach()
             teacher_mean[m] = float(dt.mean())
         with torch.no_grad():
