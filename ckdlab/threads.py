@@ -92,7 +92,23 @@ def use_threads(requested: int | None = None, *, concurrent_runs: int = 1) -> in
     return threads
 
 
+#: Spins an idle GNU OpenMP thread makes before it sleeps (``GOMP_SPINCOUNT``; libgomp's own
+#: figure for an oversubscribed machine). Measured with ``ckdlab bench --load 2`` on TikTok, two
+#: threads, 2-core machine (README, "Threads and shared machines"): sleeping at once
+#: (``OMP_WAIT_POLICY=PASSIVE`` alone) doubled an unloaded epoch, since every kernel of a step then
+#: wakes its threads; libgomp's default (300,000 spins) took twice the cores' share under load.
+SPIN_COUNT = 1000
+
+
 def yielding_openmp() -> bool:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless already set; True when it can still take effect (torch not imported)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Idle OpenMP threads spin briefly, then sleep, unless the user chose a wait policy.
+
+    Sets ``OMP_WAIT_POLICY=PASSIVE`` (runtimes other than GNU: sleep when idle) and
+    ``GOMP_SPINCOUNT`` = :data:`SPIN_COUNT` (GNU OpenMP, torch's Linux wheels: it takes
+    precedence over the policy) when neither ``OMP_WAIT_POLICY`` nor ``GOMP_SPINCOUNT`` is
+    set. Returns True when it can still take effect (torch not imported yet).
+    """
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return "torch" not in sys.modules

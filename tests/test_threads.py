@@ -90,10 +90,15 @@ def test_cli_train_and_tune_set_the_threads_of_the_run(monkeypatch, tmp_path):
 
 def test_the_cli_makes_idle_openmp_threads_yield():
     code = ("import os, sys; from ckdlab.cli import main; main(['tuned', 'list']); "
-            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.splitlines()[-1] == "PASSIVE False"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice stands
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.splitlines()[-1].split()[0] == "ACTIVE"
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+
+    def policy(**user):
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **user}, capture_output=True, text=True,
+                             check=True).stdout
+        return out.splitlines()[-1]
+
+    assert policy() == f"PASSIVE {threads.SPIN_COUNT} False"  # a brief spin, then sleep; before torch loads
+    # the user's choice stands: a spin count would override their ACTIVE policy in GNU OpenMP
+    assert policy(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE None False"
+    assert policy(GOMP_SPINCOUNT="50") == "None 50 False"
