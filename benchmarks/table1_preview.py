@@ -42,17 +42,28 @@ def record_rows(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def table1_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's runs: no ablation (teachers, the pilot's uni-modal runs) and none of Table 3's CKD
+    variants, one per (backbone, method, seed)."""
+    table = frame[frame["ablate"] == ()]
+    variant = table["method_params"].map(lambda text: any(k in json.loads(text) for k in TABLE3_KEYS))
+    table = table[~variant]
+    keys = ["backbone", "method", "seed"]
+    # a run without curves is the table's own; one with curves (dynamics; the quick start's, which may
+    # have another epoch cap) stands in only where the table has none
+    plain = table[~table["eval_by_modality"]]
+    disagree = plain.groupby(keys)["test_recall@20"].nunique() > 1
+    if disagree.any():  # two different runs would claim the same cell
+        raise ValueError(f"records with different results for the same Table 1 cell: {list(disagree[disagree].index)}")
+    return table.sort_values("eval_by_modality", kind="stable").drop_duplicates(keys)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, help="a report's runs/ folder")
     args = parser.parse_args()
     frame = record_rows(args.runs)
-    # Table 1's runs: no ablation (teachers, the pilot's uni-modal runs) and not one of Table 3's
-    # CKD variants; a run with per-modality curves (dynamics) computes the same numbers and serves
-    # Table 1 too, as it does in the report
-    table = frame[frame["ablate"] == ()]
-    variant = table["method_params"].map(lambda text: any(k in json.loads(text) for k in TABLE3_KEYS))
-    table = table[~variant].drop_duplicates(["backbone", "method", "seed"])
+    table = table1_runs(frame)
     seeds = table.groupby(["backbone", "method"])["seed"].apply(frozenset)
     complete = [b for b in table["backbone"].unique()
                 if all((b, m) in seeds.index for m in METHODS) and len({seeds[(b, m)] for m in METHODS}) == 1]
