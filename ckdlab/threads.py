@@ -96,7 +96,8 @@ def use_threads(requested: int | None = None, *, concurrent_runs: int = 1) -> in
 #: figure for an oversubscribed machine). Measured with ``ckdlab bench --load 2`` on TikTok, two
 #: threads, 2-core machine (README, "Threads and shared machines"): sleeping at once
 #: (``OMP_WAIT_POLICY=PASSIVE`` alone) doubled an unloaded epoch, since every kernel of a step then
-#: wakes its threads; libgomp's default (300,000 spins) took twice the cores' share under load.
+#: wakes its threads; 5,000 or 20,000 spins slowed an epoch 2.2-2.8x beside two CPU-bound
+#: neighbours, 1,000 spins 1.5-1.9x.
 SPIN_COUNT = 1000
 
 
