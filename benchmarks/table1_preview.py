@@ -10,12 +10,12 @@ the backbones listed (so the corrected p-values change when more backbones join 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from ckdlab import records
 from ckdlab.tables import improvement
 
 METHODS = ("none", "gb", "ogm", "ckd")
@@ -24,20 +24,18 @@ TABLE3_KEYS = ("specific", "generic", "reweight")
 
 
 def record_rows(folder: Path) -> pd.DataFrame:
+    """One row per finished run recorded in ``folder`` (read and checked by :mod:`ckdlab.records`)."""
     rows = []
-    for path in sorted(folder.glob("*.json.gz")):
-        _header, body = path.read_bytes().split(b"\n", 1)
-        payload = json.loads(gzip.decompress(body))
-        config = payload.get("config")
-        if config is None:  # a failure record
-            continue
+    for key in records.result_keys(folder):
+        result = records.read_result(folder, key)
+        config = result.config
         row = {"dataset": folder.parent.name, "backbone": config["backbone"], "method": config["method"],
                "seed": config["seed"], "ablate": tuple(config.get("ablate") or ()),
                "method_params": json.dumps(config.get("method_params") or {}, sort_keys=True),
                "eval_by_modality": bool(config.get("eval_by_modality")),
-               "capped": payload["epochs_run"] >= config["max_epochs"],
-               "commit": (payload.get("provenance") or {}).get("git_commit", "")[:7]}
-        row.update({f"test_{k}": v for k, v in payload["test"].items()})
+               "capped": result.epochs_run >= config["max_epochs"],
+               "commit": (result.provenance or {}).get("git_commit", "")[:7]}
+        row.update({f"test_{k}": v for k, v in result.test.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -148,6 +148,15 @@ def read_failure(folder: Path, key: str) -> dict | None:
     return None if payload is None else {**payload, "cached": True}
 
 
+def result_keys(folder: Path) -> list[str]:
+    """Keys of the finished runs recorded in ``folder`` (failure records left out), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-len(_RESULT_SUFFIX)] for p in folder.glob(f"*{_RESULT_SUFFIX}")
+                  if not p.name.endswith(_FAILURE_SUFFIX))
+
+
 def has_record(folder: Path, key: str) -> bool:
     """Whether run ``key`` has a record in ``folder``, finished or diverged."""
     return result_record_path(folder, key).exists() or failure_record_path(folder, key).exists()
