@@ -162,6 +162,10 @@ def test_teacher_cache_hit_on_second_run(small, tmp_path, monkeypatch):
     second = teachers_module.load_or_train_teacher(cfg(), small, "text", tmp_path, torch.device("cpu"),
                                                    {"max_epochs": 2}, train_run=training_runner(tmp_path))
     assert second.cached
+    # what the teacher cost travels with it, so the student's record can say it
+    trained = first.teachers["text"]["cost"]
+    assert second.summary()["cost"] == trained
+    assert trained["epochs_run"] == 2 and trained["total_train_seconds"] > 0
 
 
 def test_ckd_run_records_rho_lambda_trace_and_teachers(small, tmp_path):

@@ -36,13 +36,19 @@ class Teacher:
     test: dict
     best_epoch: int
     cached: bool
+    #: What training it cost (``epochs_run`` and the run's ``Result.timing``); None for a teacher
+    #: stored before teachers kept it.
+    cost: dict | None = None
 
     def margin(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """dt_uij = t_ui - t_uj for a batch of triples (no gradient)."""
         return Backbone.score_margins(self.user_reps, self.item_reps, users, pos, neg)
 
     def summary(self) -> dict:
-        return {"valid": self.valid, "test": self.test, "best_epoch": self.best_epoch, "cached": self.cached}
+        out = {"valid": self.valid, "test": self.test, "best_epoch": self.best_epoch, "cached": self.cached}
+        if self.cost is not None:
+            out["cost"] = self.cost
+        return out
 
 
 def teacher_config(student_config, modality: str, dataset, overrides: dict | None = None):
@@ -73,7 +79,7 @@ def _read_teacher(path: Path, modality: str, device: torch.device, *, quarantine
     try:
         stored = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
         return Teacher(modality, stored["user_reps"], stored["item_reps"], stored["valid"], stored["test"],
-                       stored["best_epoch"], cached=True)
+                       stored["best_epoch"], cached=True, cost=stored.get("cost"))
     except Exception as exc:  # a checksum-valid file torch cannot read (e.g. written by another torch)
         if quarantine_bad:
             store.quarantine(path, f"torch.load failed: {type(exc).__name__}: {exc}")
@@ -100,13 +106,15 @@ def load_or_train_teacher(student_config, dataset, modality: str, cache_dir: Pat
             return teacher
         result, model, inputs = train_run(dataset, config)
         user_reps, item_reps = representations(model, inputs)
+        # kept so that a student's record says what its teachers cost (the teachers have no records)
+        cost = {"epochs_run": result.epochs_run, **result.timing}
         stored = {"user_reps": user_reps.detach().cpu(), "item_reps": item_reps.detach().cpu(),
                   "valid": result.valid, "test": result.test, "best_epoch": result.best_epoch,
-                  "config": config.to_dict()}
+                  "config": config.to_dict(), "cost": cost}
         buffer = io.BytesIO()
         torch.save(stored, buffer)
         meta = {**numbers_identity(config.device), "run": f"{config.backbone} {modality} teacher seed {config.seed}",
                 "dataset": dataset.name}
         store.write_blob(path, buffer.getvalue(), schema=TEACHER_SCHEMA, format=TEACHER_FORMAT, meta=meta)
     return Teacher(modality, user_reps.detach(), item_reps.detach(), result.valid, result.test,
-                   result.best_epoch, cached=False)
+                   result.best_epoch, cached=False, cost=cost)
