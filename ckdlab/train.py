@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .allocator import keep_freed_memory
 from .backbones import build_backbone
 from .balance import Batch, TrainContext, build_method
 from .cache import resolve_cache_dir
@@ -134,7 +133,6 @@ def train_epoch(model, method, inputs: ModalityInputs, sampler: BPRSampler, opti
     A NaN or Inf loss raises :class:`NonFiniteLoss`, checked on the value the
     step already synchronises for the running mean (no extra device sync).
     """
-    keep_freed_memory()  # steps reuse freed blocks instead of faulting in fresh pages (ckdlab.allocator)
     model.train()
     progress = EpochProgress() if progress is None else progress
     for users, pos, neg in itertools.islice(sampler.epoch(batch_size), progress.steps, None):
