@@ -1,4 +1,4 @@
-"""Row gathers and triple margins for the training step and the evaluation.
+"""Row gathers, triple margins and squared norms for the training step and the evaluation.
 
 ``torch.index_select(table, 0, index)`` returns exactly ``table[index]`` for a
 1-D ``index``, but on CPU it is several times faster forward and about twice as
@@ -52,3 +52,30 @@ def triple_margins(u: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"triple_margins: {u.shape[0]} users need {2 * u.shape[0]} item rows "
                          f"(positives, then negatives), got {item_rows.shape[0]}")
     return _TripleMargins.apply(u, item_rows)
+
+
+class _SquaredNorm(torch.autograd.Function):
+    """``x.pow(2).sum()`` with the same value and gradient, in fewer passes over ``x``.
+
+    Autograd's backward of ``pow(2)`` builds ``2 * x`` and then multiplies by the
+    incoming gradient (two full-size temporaries); here it is one product
+    ``x * (2 g)``, equal to the last bit (doubling is exact in floating point).
+    On the 4096 x 193 item rows of a TikTok VBPR step: about half the time of
+    autograd's forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x * x).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return x * (2 * grad)
+
+
+def squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """The sum of squares of ``x``'s entries (the L2 penalty's term), as ``x.pow(2).sum()`` computes it."""
+    return _SquaredNorm.apply(x)

@@ -144,3 +144,20 @@ def test_triple_margins_value_and_gradient_equal_autograd_through_slices():
         assert torch.allclose(a, b)
     with pytest.raises(ValueError, match="need 10 item rows"):
         triple_margins(u, items[:9])
+
+
+def test_squared_norm_equals_autograd_pow_to_the_last_bit():
+    """The L2 penalty's sum of squares: the same float32 value and gradient as ``x.pow(2).sum()``
+    (the custom backward ``x * 2g`` rounds exactly like autograd's ``(2x) * g``)."""
+    from ckdlab.gather import squared_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 65)
+    mine, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    scale = torch.tensor(0.37)  # an upstream gradient other than 1
+    (squared_norm(mine) * scale).backward()
+    (theirs.pow(2).sum() * scale).backward()
+    assert torch.equal(squared_norm(x), x.pow(2).sum())
+    assert torch.equal(mine.grad, theirs.grad)
+    double = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(squared_norm, (double,))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..gather import rows
+from ..gather import rows, squared_norm
 
 
 def embedding_l2(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
@@ -21,9 +21,9 @@ def embedding_l2(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     """
     sq = users.new_zeros((), dtype=torch.float32)
     for t in user_tables:
-        sq = sq + rows(t, users).pow(2).sum()
+        sq = sq + squared_norm(rows(t, users))
     for t in item_tables:
-        sq = sq + rows(t, pos).pow(2).sum() + rows(t, neg).pow(2).sum()
+        sq = sq + squared_norm(rows(t, pos)) + squared_norm(rows(t, neg))
     return sq / (2 * max(len(users), 1))
 
 

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..gather import rows, triple_margins
+from ..gather import rows, squared_norm, triple_margins
 from ..modality import ModalityInputs
 
 
@@ -83,8 +83,8 @@ class Backbone(nn.Module):
         Default (the MMRec convention): half the squared norm of the final
         representations of the batch's users, positives and negatives.
         """
-        sq = (rows(user_reps, users).pow(2).sum() + rows(item_reps, pos).pow(2).sum()
-              + rows(item_reps, neg).pow(2).sum())
+        sq = (squared_norm(rows(user_reps, users)) + squared_norm(rows(item_reps, pos))
+              + squared_norm(rows(item_reps, neg)))
         return sq / (2 * max(len(users), 1))
 
     def auxiliary_loss(self, user_reps: torch.Tensor, item_reps: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from ..backbones.base import Backbone
 from ..data.dataset import Dataset
-from ..gather import rows, triple_margins
+from ..gather import rows, squared_norm, triple_margins
 from ..losses import bpr_margin_loss
 from ..modality import ModalityInputs
 
@@ -98,7 +98,7 @@ def backbone_step(model, inputs: ModalityInputs, batch: Batch, reg_weight: float
     margin = triple_margins(u, item_rows)
     loss = bpr_margin_loss(margin)
     if default_l2:  # norms of the gathered rows
-        reg = (u.pow(2).sum() + item_rows.pow(2).sum()) / (2 * max(n, 1))
+        reg = (squared_norm(u) + squared_norm(item_rows)) / (2 * max(n, 1))
     else:
         reg = model.regularization(user_reps, item_reps, batch.users, batch.pos, batch.neg)
     loss = loss + reg_weight * reg
