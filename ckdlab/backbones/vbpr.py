@@ -97,7 +97,10 @@ class VBPR(Backbone):
         weight = torch.cat([lin.weight, content.weight])
         bias = torch.cat([lin.bias, lin.bias.new_zeros(1)])
         out = torch.addmm(bias, feat, weight.t())
-        return out[:, :-1], out[:, -1:]
+        # split, not two slices: the backward joins the two gradients in one copy instead of
+        # zero-filling a full-size gradient per slice
+        projected, content_score = out.split([lin.out_features, 1], dim=1)
+        return projected, content_score
 
     def _project(self, m: str, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_m e^m + b_m, beta'_m . e^m), computed once per step for the same features (see step_scope)."""
