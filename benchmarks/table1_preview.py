@@ -29,7 +29,8 @@ def record_rows(folder: Path) -> pd.DataFrame:
     for key in records.result_keys(folder):
         result = records.read_result(folder, key)
         config = result.config
-        row = {"dataset": folder.parent.name, "backbone": config["backbone"], "method": config["method"],
+        row = {"record_key": key, "dataset": folder.parent.name, "backbone": config["backbone"],
+               "method": config["method"],
                "seed": config["seed"], "ablate": tuple(config.get("ablate") or ()),
                "method_params": json.dumps(config.get("method_params") or {}, sort_keys=True),
                "eval_by_modality": bool(config.get("eval_by_modality")),
