@@ -163,16 +163,21 @@ def has_record(folder: Path, key: str) -> bool:
 
 
 def summary(folder: Path) -> dict:
-    """How many records ``folder`` holds, their bytes, the numbers identities they were made under and the
-    time their training epochs took (seconds; CKD's teachers, trained inside a CKD run's set-up, and
-    the evaluations are not in it). ``stale`` counts records of another numbers-version: no code of
-    this version reads them, and they are left out of the other counts."""
+    """How many records ``folder`` holds, their bytes, the numbers identities they were made under and
+    what the runs cost, in seconds: ``train_seconds`` (training epochs), ``eval_seconds`` (validations
+    and the final test, at each run's mean evaluation time) and ``teacher_seconds`` (CKD's teachers,
+    trained inside a CKD run's set-up, each counted once however many runs share it; teachers
+    stored before they kept their cost are counted in ``teachers_without_cost``). ``stale`` counts
+    records of another numbers-version: no code of this version reads them, and they are left out
+    of the other counts."""
     from .provenance import NUMBERS_VERSION
 
     folder = Path(folder)
     files = sorted(folder.glob(f"*{_RESULT_SUFFIX}")) if folder.is_dir() else []
     results = [p for p in files if not p.name.endswith(_FAILURE_SUFFIX)]
-    identities, seconds, size, stale, current = {}, 0.0, 0, 0, 0
+    identities, size, stale, current = {}, 0, 0, 0
+    seconds = {"train": 0.0, "eval": 0.0}
+    teachers: dict[str, float | None] = {}
     for path in results:
         meta = (store.read_header(path) or {}).get("meta") or {}
         if meta.get("numbers_version") != NUMBERS_VERSION:
@@ -182,9 +187,22 @@ def summary(folder: Path) -> dict:
         size += path.stat().st_size
         ident = {k: meta.get(k) for k in ("numbers_version", "torch", "device", "threads")}
         identities[json.dumps(ident, sort_keys=True)] = ident
-        seconds += float((_decode(path, RECORD_SCHEMA).get("timing") or {}).get("total_train_seconds") or 0.0)
+        record = _decode(path, RECORD_SCHEMA)
+        timing = record.get("timing") or {}
+        seconds["train"] += float(timing.get("total_train_seconds") or 0.0)
+        evaluations = int(record.get("epochs_run") or 0) // max(1, int((record.get("config") or {}).get("eval_every") or 1)) + 2
+        seconds["eval"] += float(timing.get("eval_seconds") or 0.0) * evaluations
+        for teacher in (record.get("teachers") or {}).values():
+            cost = teacher.get("cost")
+            # one teacher serves several runs (a seed's CKD variants): known by its own scores
+            ident = json.dumps({k: teacher.get(k) for k in ("valid", "test", "best_epoch")}, sort_keys=True)
+            teachers[ident] = None if not cost else (float(cost.get("total_train_seconds") or 0.0) + float(
+                cost.get("eval_seconds") or 0.0) * (int(cost.get("epochs_run") or 0) + 2))
     return {"records": current, "failed": len(files) - len(results), "stale": stale, "bytes": size,
-            "numbers": [identities[k] for k in sorted(identities)], "train_seconds": round(seconds, 1)}
+            "numbers": [identities[k] for k in sorted(identities)], "train_seconds": round(seconds["train"], 3),
+            "eval_seconds": round(seconds["eval"], 3),
+            "teacher_seconds": round(sum(v for v in teachers.values() if v is not None), 3),
+            "teachers_without_cost": sum(v is None for v in teachers.values())}
 
 
 def missing_message(config, key: str, folder: Path) -> str:

@@ -363,8 +363,13 @@ def _cost_line(manifest: dict) -> str:
     numbers = "/".join(sorted({f"v{n.get('numbers_version')}" for n in recorded.get("numbers", [])})) or "?"
     parts = [f"notebooks' wall time {seconds / 3600:.2f} h"]
     if recorded:
+        hours = {k: float(recorded.get(f"{k}_seconds") or 0) / 3600 for k in ("train", "eval", "teacher")}
+        unknown = recorded.get("teachers_without_cost") or 0
+        teachers = f", CKD teachers {hours['teacher']:.2f} h" + (
+            f" ({unknown} more teacher(s) stored before teachers kept their cost)" if unknown else "")
         parts.append(f"{recorded.get('records', 0)} run records ({recorded.get('bytes', 0) / 2**20:.1f} MiB, "
-                     f"numbers {numbers}, training epochs {float(recorded.get('train_seconds') or 0) / 3600:.2f} h)")
+                     f"numbers {numbers}; CPU time as recorded: training epochs {hours['train']:.2f} h, "
+                     f"evaluations {hours['eval']:.2f} h{teachers})")
     if recorded.get("stale"):
         parts.append(f"{recorded['stale']} stale record(s) of another numbers-version, unused")
     if manifest.get("from_records"):

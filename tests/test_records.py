@@ -211,3 +211,22 @@ def test_the_committed_synthetic_report_rebuilds_from_its_records_without_traini
     assert rebuilt["backbones"].keys() == committed["backbones"].keys()
     for name, entry in committed["backbones"].items():
         assert rebuilt["backbones"][name] == pytest.approx(entry, rel=1e-12, nan_ok=True), name
+
+
+def test_summary_counts_what_the_runs_and_their_teachers_cost_each_teacher_once(tiny_dataset, tmp_path,
+                                                                                keep_records):
+    teacher = {"teacher": {"max_epochs": 1}}
+    ckd = [cfg(method="ckd", method_params=teacher), cfg(method="ckd", method_params={**teacher, "lambda_kd": 0.5})]
+    results = [ex.run(c, tiny_dataset, cache_dir=tmp_path / "cache") for c in ckd]
+    summary = records.summary(keep_records)
+    assert summary["records"] == 2
+    assert summary["train_seconds"] == pytest.approx(sum(r.timing["total_train_seconds"] for r in results), abs=2e-3)
+    # every epoch validates, then the final validation and the test
+    assert summary["eval_seconds"] == pytest.approx(
+        sum(r.timing["eval_seconds"] * (r.epochs_run + 2) for r in results), abs=2e-3)
+    # the two runs share their teachers (one per modality): counted once, with their stored cost
+    costs = [t["cost"] for t in results[0].teachers.values()]
+    assert all(t["cached"] for t in results[1].teachers.values())  # the second run read them
+    assert summary["teachers_without_cost"] == 0
+    assert summary["teacher_seconds"] == pytest.approx(
+        sum(c["total_train_seconds"] + c["eval_seconds"] * (c["epochs_run"] + 2) for c in costs), abs=2e-3)

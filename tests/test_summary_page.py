@@ -27,7 +27,8 @@ def write_report(root, name: str, frame: pd.DataFrame) -> None:
     manifest = {"dataset": name, "generated": "2026-12-02T00:00:00",
                 "notebooks": [{"notebook": "main_table", "ok": True, "seconds": 7200, "ipynb": "main_table.ipynb",
                                "parameters": {}}],
-                "records": {"records": 12, "bytes": 2**20, "train_seconds": 3600.0,
+                "records": {"records": 12, "bytes": 2**20, "train_seconds": 3600.0, "eval_seconds": 900.0,
+                            "teacher_seconds": 1800.0, "teachers_without_cost": 3,
                             "numbers": [{"numbers_version": 2, "torch": "2.13.0", "device": "cpu", "threads": 1}]}}
     (folder / "report.json").write_text(json.dumps(manifest))
 
@@ -47,4 +48,5 @@ def test_the_summary_colours_each_improvement_by_its_interval_and_links_its_tabl
     assert mgcn == [("#eeeeee", "+0.0%")]          # contains zero: grey
     assert "p (Holm)" in rows["VBPR"]
     assert "training epochs 1.00 h" in page and "numbers v2" in page and "wall time 2.00 h" in page
+    assert "evaluations 0.25 h" in page and "CKD teachers 0.50 h (3 more teacher(s)" in page
     assert not re.search(r'"/(root|home|work|tmp)/', page)
