@@ -49,16 +49,10 @@ from ckdlab.train import fit
 data, wanted = sys.argv[1], json.loads(sys.argv[2])
 known = {f.name for f in dataclasses.fields(TrainConfig)}
 config = {k: v for k, v in wanted.items() if k in known}
-dropped = []
 with tempfile.TemporaryDirectory() as cache:
-    try:
-        result = fit(load(data), TrainConfig(**config), cache_dir=cache)
-    except TypeError:  # method parameters this revision does not know: its defaults
-        dropped = sorted(config["method_params"])
-        config["method_params"] = {"teacher": {"max_epochs": 1}} if config["method"] == "ckd" else {}
-        result = fit(load(data), TrainConfig(**config), cache_dir=cache)
+    result = fit(load(data), TrainConfig(**config), cache_dir=cache)
 print(json.dumps({"train_seconds_per_epoch": result.timing["train_seconds_per_epoch"],
-                  "eval_seconds": result.timing["eval_seconds"], "dropped_method_params": dropped}))
+                  "eval_seconds": result.timing["eval_seconds"]}))
 """
 
 
@@ -70,17 +64,18 @@ def cell_runs(folder: Path, seed: int) -> pd.DataFrame:
     for _, cell in table.iterrows():
         result = records.read_result(folder, cell["record_key"])
         config, timing = result.config, result.timing
-        evaluations = result.epochs_run // max(1, config.get("eval_every", 1)) + 2  # + final valid and test
+        evaluations = records.evaluations(result.epochs_run, config.get("eval_every"))
         teacher_epochs, teacher_seconds = 0, 0.0
         for teacher in (result.extras.get("teachers") or {}).values():
             cost = teacher.get("cost")
             if cost:  # teachers trained since they keep their cost
                 teacher_epochs += cost["epochs_run"]
-                teacher_seconds += cost["total_train_seconds"] + cost["eval_seconds"] * (cost["epochs_run"] + 2)
+                teacher_seconds += records.teacher_seconds(cost)
             else:  # early stopping ran `patience` epochs past the best one, up to the teacher's cap
                 cap = (config.get("method_params", {}).get("teacher") or {}).get("max_epochs", config["max_epochs"])
                 teacher_epochs += min(teacher["best_epoch"] + config["patience"], cap)
-        rows.append({"backbone": cell["backbone"], "method": cell["method"], "epochs": result.epochs_run,
+        rows.append({"record_key": cell["record_key"], "backbone": cell["backbone"], "method": cell["method"],
+                     "epochs": result.epochs_run,
                      "evaluations": evaluations, "teacher_epochs": teacher_epochs,
                      "recorded_seconds": timing["total_train_seconds"] + timing["eval_seconds"] * evaluations
                      + teacher_seconds, "config": config})

@@ -157,6 +157,18 @@ def result_keys(folder: Path) -> list[str]:
                   if not p.name.endswith(_FAILURE_SUFFIX))
 
 
+def evaluations(epochs_run: int, eval_every: int = 1) -> int:
+    """How many evaluations a finished run made: one every ``eval_every`` epochs, then the final
+    validation and the test."""
+    return int(epochs_run or 0) // max(1, int(eval_every or 1)) + 2
+
+
+def teacher_seconds(cost: dict) -> float:
+    """The CPU seconds a CKD teacher's stored cost (``Teacher.cost``) says it took: epochs and evaluations."""
+    return (float(cost.get("total_train_seconds") or 0.0)
+            + float(cost.get("eval_seconds") or 0.0) * evaluations(cost.get("epochs_run")))
+
+
 def has_record(folder: Path, key: str) -> bool:
     """Whether run ``key`` has a record in ``folder``, finished or diverged."""
     return result_record_path(folder, key).exists() or failure_record_path(folder, key).exists()
@@ -190,14 +202,13 @@ def summary(folder: Path) -> dict:
         record = _decode(path, RECORD_SCHEMA)
         timing = record.get("timing") or {}
         seconds["train"] += float(timing.get("total_train_seconds") or 0.0)
-        evaluations = int(record.get("epochs_run") or 0) // max(1, int((record.get("config") or {}).get("eval_every") or 1)) + 2
-        seconds["eval"] += float(timing.get("eval_seconds") or 0.0) * evaluations
+        made = evaluations(record.get("epochs_run"), (record.get("config") or {}).get("eval_every"))
+        seconds["eval"] += float(timing.get("eval_seconds") or 0.0) * made
         for teacher in (record.get("teachers") or {}).values():
             cost = teacher.get("cost")
             # one teacher serves several runs (a seed's CKD variants): known by its own scores
             ident = json.dumps({k: teacher.get(k) for k in ("valid", "test", "best_epoch")}, sort_keys=True)
-            teachers[ident] = None if not cost else (float(cost.get("total_train_seconds") or 0.0) + float(
-                cost.get("eval_seconds") or 0.0) * (int(cost.get("epochs_run") or 0) + 2))
+            teachers[ident] = teacher_seconds(cost) if cost else None
     return {"records": current, "failed": len(files) - len(results), "stale": stale, "bytes": size,
             "numbers": [identities[k] for k in sorted(identities)], "train_seconds": round(seconds["train"], 3),
             "eval_seconds": round(seconds["eval"], 3),

@@ -40,8 +40,8 @@ def test_pricing_uses_each_runs_epochs_evaluations_and_teachers():
                          for b, m in zip(cells["backbone"], cells["method"])}}
     priced = module.price(cells, timings)
     for (_, cell), (_, row) in zip(cells.iterrows(), priced.iterrows()):
-        result = next(records.read_result(RUNS, k) for k in records.result_keys(RUNS)
-                      if records.read_result(RUNS, k).config == cell["config"])
+        result = records.read_result(RUNS, cell["record_key"])
+        assert result.config == cell["config"]
         evaluations = result.epochs_run + 2  # every epoch, then the final validation and the test
         side = plain if cell["method"] == "none" else {"this": this, "against": before}
         for name in ("this", "against"):
