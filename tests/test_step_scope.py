@@ -161,3 +161,29 @@ def test_squared_norm_equals_autograd_pow_to_the_last_bit():
     assert torch.equal(mine.grad, theirs.grad)
     double = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(squared_norm, (double,))
+
+
+def test_triple_margins_forward_equals_the_unchunked_product_sum_to_the_last_bit():
+    """The forward sums a chunk of rows' products at a time (``gather.CHUNK_ROWS``): every chunk,
+    the last partial one included, gives the numbers of ``(u * (i - j)).sum(-1)`` exactly."""
+    from ckdlab.gather import CHUNK_ROWS, triple_margins
+
+    torch.manual_seed(0)
+    n = 2 * CHUNK_ROWS + 37
+    u, items = torch.randn(n, 193), torch.randn(2 * n, 193) * 1e3
+    assert torch.equal(triple_margins(u, items), (u * (items[:n] - items[n:])).sum(-1))
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 512, 10_000])
+def test_frozen_margins_equal_triple_margins_over_gathered_rows_to_the_last_bit(chunk):
+    """A teacher's margins, gathered a chunk of triples at a time: the same floats as gathering
+    every row first, for any chunk size (the last chunk partial or not)."""
+    from ckdlab.gather import frozen_margins, rows, triple_margins
+
+    torch.manual_seed(1)
+    user_table, item_table = torch.randn(50, 193) * 3, torch.randn(40, 193)
+    users, pos, neg = torch.randint(0, 50, (1203,)), torch.randint(0, 40, (1203,)), torch.randint(0, 40, (1203,))
+    expected = triple_margins(rows(user_table, users), rows(item_table, torch.cat([pos, neg])))
+    assert torch.equal(frozen_margins(user_table, item_table, users, pos, neg, chunk=chunk), expected)
+    with pytest.raises(ValueError, match="no gradient"):
+        frozen_margins(user_table.requires_grad_(True), item_table, users, pos, neg)

@@ -16,8 +16,8 @@ import torch
 
 from .. import store
 from ..provenance import numbers_identity
-from ..backbones.base import Backbone
 from ..evaluate import representations
+from ..gather import frozen_margins
 
 #: Bump when teacher training changes in a way that alters stored representations.
 #: 2: entries carry an integrity header (:func:`ckdlab.store.write_blob`).
@@ -41,8 +41,9 @@ class Teacher:
     cost: dict | None = None
 
     def margin(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        """dt_uij = t_ui - t_uj for a batch of triples (no gradient)."""
-        return Backbone.score_margins(self.user_reps, self.item_reps, users, pos, neg)
+        """dt_uij = t_ui - t_uj for a batch of triples (no gradient; the same numbers as
+        :meth:`~ckdlab.backbones.base.Backbone.score_margins`, gathered in cache-sized chunks)."""
+        return frozen_margins(self.user_reps, self.item_reps, users, pos, neg)
 
     def summary(self) -> dict:
         out = {"valid": self.valid, "test": self.test, "best_epoch": self.best_epoch, "cached": self.cached}
