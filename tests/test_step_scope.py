@@ -164,12 +164,13 @@ def test_squared_norm_equals_autograd_pow_to_the_last_bit():
 
 
 def test_triple_margins_forward_equals_the_unchunked_product_sum_to_the_last_bit():
-    """The forward sums a chunk of rows' products at a time (``gather.CHUNK_ROWS``): every chunk,
-    the last partial one included, gives the numbers of ``(u * (i - j)).sum(-1)`` exactly."""
-    from ckdlab.gather import CHUNK_ROWS, triple_margins
+    """The forward sums a chunk of rows' products at a time (``gather.rows_per_chunk``): every
+    chunk, the last partial one included, gives the numbers of ``(u * (i - j)).sum(-1)`` exactly."""
+    from ckdlab.gather import rows_per_chunk, triple_margins
 
     torch.manual_seed(0)
-    n = 2 * CHUNK_ROWS + 37
+    u = torch.randn(1, 193)
+    n = 2 * rows_per_chunk(u) + 37
     u, items = torch.randn(n, 193), torch.randn(2 * n, 193) * 1e3
     assert torch.equal(triple_margins(u, items), (u * (items[:n] - items[n:])).sum(-1))
 
@@ -187,3 +188,34 @@ def test_frozen_margins_equal_triple_margins_over_gathered_rows_to_the_last_bit(
     assert torch.equal(frozen_margins(user_table, item_table, users, pos, neg, chunk=chunk), expected)
     with pytest.raises(ValueError, match="no gradient"):
         frozen_margins(user_table.requires_grad_(True), item_table, users, pos, neg)
+
+
+def test_l2_normalize_equals_f_normalize_and_does_not_depend_on_the_chunking(monkeypatch):
+    """Over several chunks of rows (the last partial, a zero row, a row whose norm is clamped at
+    eps): the value of ``F.normalize(x, dim=1)`` to the last bit, its autograd gradient within
+    rounding, and the same floats as one chunk over the whole tensor; gradcheck in double."""
+    from ckdlab import gather
+    from ckdlab.backbones._layers import l2_normalize
+
+    torch.manual_seed(0)
+    x = torch.randn(3 * gather.rows_per_chunk(torch.empty(1, 64)) + 11, 64) * 5
+    x[7] = 0.0
+    x[8] = x[8] / x[8].norm() * 0.9e-12  # below eps: divided by eps, no radial term in the gradient
+    upstream = torch.randn_like(x)
+
+    def value_and_grad(normalize):
+        leaf = x.clone().requires_grad_(True)
+        y = normalize(leaf)
+        (y * upstream).sum().backward()
+        return y.detach(), leaf.grad
+
+    y, grad = value_and_grad(l2_normalize)
+    y_ref, grad_ref = value_and_grad(lambda t: torch.nn.functional.normalize(t, dim=1))
+    assert torch.equal(y, y_ref)
+    assert torch.allclose(grad, grad_ref, rtol=1e-5, atol=1e-6 * grad_ref.abs().max().item())
+    monkeypatch.setattr(gather, "CHUNK_BYTES", 1 << 40)  # the whole tensor in one chunk
+    y_one, grad_one = value_and_grad(l2_normalize)
+    assert torch.equal(y, y_one) and torch.equal(grad, grad_one)
+    monkeypatch.setattr(gather, "CHUNK_BYTES", 2 * 3 * 8)  # two rows of 3 doubles per chunk
+    double = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(l2_normalize, (double,))

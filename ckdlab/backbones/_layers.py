@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..gather import rows, squared_norm
+from ..gather import row_chunks, rows, rows_per_chunk, squared_norm
 
 
 def embedding_l2(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
@@ -28,22 +28,38 @@ def embedding_l2(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
 
 
 class _L2Normalize(torch.autograd.Function):
-    """``x / max(||x||, eps)`` per row; backward ``(g - y <g, y>) / max(||x||, eps)``."""
+    """``x / max(||x||, eps)`` per row; backward ``(g - y <g, y>) / max(||x||, eps)``.
+
+    Both passes run a chunk of rows at a time (:func:`ckdlab.gather.row_chunks`): the rows
+    are read from memory once and the norm, the division and the backward's four
+    operations find them in cache (a graph backbone normalises every node's state, e.g.
+    16,018 x 64 on TikTok, several times per step). Every row's arithmetic is the same
+    as over the whole tensor, so the floats are too.
+    """
 
     @staticmethod
     def forward(ctx, x, eps):
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        denom = norm.clamp_min(eps)
-        y = x / denom
-        ctx.save_for_backward(y, denom, norm >= eps)
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        denom = x.new_empty((x.shape[0], 1))
+        unclamped = torch.empty((x.shape[0], 1), dtype=torch.bool, device=x.device)
+        for part in row_chunks(x.shape[0], rows_per_chunk(x)):
+            norm = torch.linalg.vector_norm(x[part], dim=1, keepdim=True)
+            torch.clamp_min(norm, eps, out=denom[part])
+            torch.ge(norm, eps, out=unclamped[part])
+            torch.div(x[part], denom[part], out=y[part])
+        ctx.save_for_backward(y, denom, unclamped)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         y, denom, unclamped = ctx.saved_tensors
-        radial = (grad * y).sum(dim=1, keepdim=True) * unclamped
-        return (grad - y * radial) / denom, None
+        out = torch.empty_like(y)
+        for part in row_chunks(y.shape[0], rows_per_chunk(y)):
+            g, y_part = grad[part], y[part]
+            radial = (g * y_part).sum(dim=1, keepdim=True) * unclamped[part]
+            torch.div(g - y_part * radial, denom[part], out=out[part])
+        return out, None
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
