@@ -219,3 +219,27 @@ def test_l2_normalize_equals_f_normalize_and_does_not_depend_on_the_chunking(mon
     monkeypatch.setattr(gather, "CHUNK_BYTES", 2 * 3 * 8)  # two rows of 3 doubles per chunk
     double = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(l2_normalize, (double,))
+
+
+def test_sigmoid_gate_equals_autograd_to_the_last_bit_across_chunks():
+    """EgoGCN's gated messages ``sigmoid(z) * h``: value and both gradients the floats autograd
+    gives through ``torch.sigmoid`` and ``*``, over several chunks (the last partial)."""
+    from ckdlab import gather
+    from ckdlab.backbones._layers import sigmoid_gate
+
+    torch.manual_seed(0)
+    n = 2 * gather.rows_per_chunk(torch.empty(1, 64)) + 5
+    z, h, upstream = torch.randn(n, 64) * 4, torch.randn(n, 64), torch.randn(n, 64)
+
+    def value_and_grads(gate):
+        zl, hl = z.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        out = gate(zl, hl)
+        (out * upstream).sum().backward()
+        return out.detach(), zl.grad, hl.grad
+
+    ours = value_and_grads(sigmoid_gate)
+    autograd = value_and_grads(lambda a, b: torch.sigmoid(a) * b)
+    for mine, theirs in zip(ours, autograd):
+        assert torch.equal(mine, theirs)
+    with pytest.raises(ValueError, match="one shape"):
+        sigmoid_gate(z, h[:-1])

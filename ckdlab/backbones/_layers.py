@@ -71,3 +71,37 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     if x.dim() != 2:
         raise ValueError(f"l2_normalize expects a 2-D tensor, got shape {tuple(x.shape)}")
     return _L2Normalize.apply(x, eps)
+
+
+class _SigmoidGate(torch.autograd.Function):
+    """``sigmoid(z) * h``, a chunk of rows at a time, with autograd's backward of the two ops:
+    ``dh = g * s`` and ``dz = sigmoid_backward(g * h, s)`` for ``s = sigmoid(z)``."""
+
+    @staticmethod
+    def forward(ctx, z, h):
+        gate, out = torch.empty_like(z), torch.empty_like(z)
+        for part in row_chunks(z.shape[0], rows_per_chunk(z)):
+            torch.sigmoid(z[part], out=gate[part])
+            torch.mul(gate[part], h[part], out=out[part])
+        ctx.save_for_backward(gate, h)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        gate, h = ctx.saved_tensors
+        grad_z, grad_h = torch.empty_like(gate), torch.empty_like(gate)
+        for part in row_chunks(gate.shape[0], rows_per_chunk(gate)):
+            g = grad[part]
+            torch.mul(g, gate[part], out=grad_h[part])
+            grad_z[part] = torch.ops.aten.sigmoid_backward(g * h[part], gate[part])
+        return grad_z, grad_h
+
+
+def sigmoid_gate(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``torch.sigmoid(z) * h`` for 2-D tensors of one shape: the same value and gradient to
+    the last bit, in one pass over the rows each way instead of two forward and three backward
+    (EgoGCN gates every node's message, 16,018 x 64 on TikTok, per layer and modality pair)."""
+    if z.dim() != 2 or z.shape != h.shape:
+        raise ValueError(f"sigmoid_gate expects two 2-D tensors of one shape, got {tuple(z.shape)} and {tuple(h.shape)}")
+    return _SigmoidGate.apply(z, h)

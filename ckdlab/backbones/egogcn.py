@@ -14,7 +14,7 @@ from torch import nn
 
 from ..graph import EdgeList, joint_graph
 from ..modality import ModalityInputs
-from ._layers import l2_normalize
+from ._layers import l2_normalize, sigmoid_gate
 from .base import Backbone
 from .registry import register
 
@@ -68,7 +68,7 @@ class EdgeModulationLayer(nn.Module):
         out = {}
         for m in self.modalities:
             # candidate messages, computed per sender node (edge-independent)
-            cands = [h[m2] if m2 == m else torch.sigmoid(self.gates[_gate_key(m, m2)](h[m2])) * h[m2]
+            cands = [h[m2] if m2 == m else sigmoid_gate(self.gates[_gate_key(m, m2)](h[m2]), h[m2])
                      for m2 in self.modalities]
             logits = [edges.dot(h[m], c) for c in cands]  # <h^m_i, c^{m,m'}_j> per edge
             if len(cands) == 1:
