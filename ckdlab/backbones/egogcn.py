@@ -201,7 +201,9 @@ class EgoGCN(Backbone):
         # the ID branch does not see the features: the passes of one training step share it
         id_part = self.memoised(("id_part",), self.id_embedding, self.id_part)
         reps = torch.cat([id_part] + [mod[m] for m in self.modalities], dim=1)
-        return reps[: self.n_users], reps[self.n_users:]
+        # split, not two slices: the backward joins the two gradients in one copy instead of
+        # zero-filling a gradient of all nodes per slice and adding the two
+        return reps.split([self.n_users, self.n_items])
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         """Parameters of ``modality``'s branch (an approximate split, as in CKD sec. 3).

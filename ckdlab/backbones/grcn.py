@@ -195,13 +195,14 @@ class GRCN(Backbone):
         for _ in range(self.n_layers):
             x = self.graph.spmm(w, x)
             out = out + x
-        users = torch.cat([out[: self.n_users], *prefs], dim=1)
-        items = torch.cat([out[self.n_users:], *contents], dim=1)
+        out_users, out_items = out.split([self.n_users, self.n_items])  # one gradient copy, not two zero-filled slices
+        users = torch.cat([out_users, *prefs], dim=1)
+        items = torch.cat([out_items, *contents], dim=1)
         return users, items
 
     def regularization(self, user_reps, item_reps, users, pos, neg) -> torch.Tensor:
-        return embedding_l2(users, pos, neg, [self.id_embedding[: self.n_users], *self.preference.values()],
-                            [self.id_embedding[self.n_users:]])
+        user_ids, item_ids = self.id_embedding.split([self.n_users, self.n_items])
+        return embedding_l2(users, pos, neg, [user_ids, *self.preference.values()], [item_ids])
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         return [self.preference[modality], *self.projection[modality].parameters(), self.confidence[modality]]

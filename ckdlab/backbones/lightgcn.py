@@ -65,7 +65,7 @@ class LightGCN(Backbone):
 
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.propagate()
-        return out[: self.n_users], out[self.n_users:]
+        return out.split([self.n_users, self.n_items])  # one gradient copy, not two zero-filled slices
 
     def regularization(self, user_reps, item_reps, users, pos, neg) -> torch.Tensor:
         return embedding_l2(users, pos, neg, [self.user_id], [self.item_id])

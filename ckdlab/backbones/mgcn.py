@@ -245,7 +245,7 @@ class MGCN(Backbone):
     def forward(self, inputs: ModalityInputs) -> tuple[torch.Tensor, torch.Tensor]:
         side, content = self.views(inputs)
         reps = content + side
-        users, items = reps[: self.n_users], reps[self.n_users:]
+        users, items = reps.split([self.n_users, self.n_items])  # one gradient copy, not two zero-filled slices
         # remember the views of the last few forward passes for auxiliary_loss
         self._cache[id(users)] = (users, side, content)
         while len(self._cache) > 4:

@@ -143,12 +143,12 @@ class MMGCN(Backbone):
                 reps.append(self.memoised(("branch", m), inputs[m],
                                           lambda b=branch, m=m: b(b.preference, inputs[m], self.adj, self.id_embedding)))
         rep = torch.stack(reps).mean(dim=0) if self.fusion == "mean" else torch.cat(reps, dim=1)
-        return rep[: self.n_users], rep[self.n_users:]
+        return rep.split([self.n_users, self.n_items])  # one gradient copy, not two zero-filled slices
 
     def regularization(self, user_reps, item_reps, users, pos, neg) -> torch.Tensor:
-        items = self.id_embedding[self.n_users:]
+        user_ids, item_ids = self.id_embedding.split([self.n_users, self.n_items])
         prefs = [b.preference for b in self.branches.values()]
-        return embedding_l2(users, pos, neg, [self.id_embedding[: self.n_users], *prefs], [items])
+        return embedding_l2(users, pos, neg, [user_ids, *prefs], [item_ids])
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         return list(self.branches[modality].parameters())
