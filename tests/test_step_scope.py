@@ -243,3 +243,12 @@ def test_sigmoid_gate_equals_autograd_to_the_last_bit_across_chunks():
         assert torch.equal(mine, theirs)
     with pytest.raises(ValueError, match="one shape"):
         sigmoid_gate(z, h[:-1])
+
+
+def test_add_all_adds_from_the_left_without_copying_the_first_term():
+    from ckdlab.backbones._layers import add_all
+
+    torch.manual_seed(0)
+    a, b, c = torch.randn(4, 3) * 1e8, torch.randn(4, 3), torch.randn(4, 3) * 1e-8
+    assert add_all([a]) is a  # Python's sum would return 0 + a, a copy
+    assert torch.equal(add_all(iter([a, b, c])), (a + b) + c)

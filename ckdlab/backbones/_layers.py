@@ -1,4 +1,4 @@
-"""Small pieces shared by the graph backbones (MMGCN, GRCN, EgoGCN).
+"""Small pieces shared by the graph backbones (MMGCN, GRCN, EgoGCN, MGCN).
 
 The edge machinery (edge lists, weighted sparse products, edge softmax) lives
 in :mod:`ckdlab.graph`.
@@ -25,6 +25,20 @@ def embedding_l2(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     for t in item_tables:
         sq = sq + squared_norm(rows(t, pos)) + squared_norm(rows(t, neg))
     return sq / (2 * max(len(users), 1))
+
+
+def add_all(terms) -> torch.Tensor:
+    """``t_1 + t_2 + ...`` from the left, for one or more tensors.
+
+    Python's ``sum`` starts from ``0`` and so copies the first term with ``0 + t_1``: a full
+    pass over a node-sized tensor per call, for nothing (the floats are the same except that
+    ``0 + (-0.0)`` is ``+0.0``).
+    """
+    terms = iter(terms)
+    total = next(terms)
+    for term in terms:
+        total = total + term
+    return total
 
 
 class _L2Normalize(torch.autograd.Function):

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..graph import EdgeList, joint_graph
 from ..modality import ModalityInputs
-from ._layers import l2_normalize, sigmoid_gate
+from ._layers import add_all, l2_normalize, sigmoid_gate
 from .base import Backbone
 from .registry import register
 
@@ -81,7 +81,7 @@ class EdgeModulationLayer(nn.Module):
                 score = (beta * lg).sum(dim=0)  # = <h^m_i, mu^m_ij>
             alpha = edges.softmax(score)
             # sum_j alpha_ij mu_ij = sum_m' A(alpha * beta_m') @ c^{m,m'}
-            agg = sum(edges.spmm(alpha if b is None else alpha * b, c) for b, c in zip(betas, cands))
+            agg = add_all(edges.spmm(alpha if b is None else alpha * b, c) for b, c in zip(betas, cands))
             out[m] = l2_normalize(h[m] + agg)
         return out
 

@@ -18,6 +18,7 @@ from torch import nn
 from ..graph import SparseMatrix, joint_graph, user_item_graph
 from ..knn import knn_graph
 from ..modality import ModalityInputs
+from ._layers import add_all
 from .base import Backbone
 from .registry import register
 
@@ -235,7 +236,7 @@ class MGCN(Backbone):
                               lambda m=m: torch.cat(self.modality_view(inputs, m), dim=0))
                 for m in self.modalities]
         att = torch.softmax(torch.cat([self.query_common(v) for v in mods], dim=1), dim=1)  # (N, M)
-        common = sum(att[:, k:k + 1] * v for k, v in enumerate(mods))
+        common = add_all(att[:, k:k + 1] * v for k, v in enumerate(mods))
         side = common
         for m, v in zip(self.modalities, mods):
             gate = self.memoised(("gate", m), content, lambda m=m: torch.sigmoid(self.prefer_gate[m](content)))
