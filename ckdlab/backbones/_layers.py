@@ -35,7 +35,9 @@ def add_all(terms) -> torch.Tensor:
     ``0 + (-0.0)`` is ``+0.0``).
     """
     terms = iter(terms)
-    total = next(terms)
+    total = next(terms, None)
+    if total is None:
+        raise ValueError("add_all needs at least one term")
     for term in terms:
         total = total + term
     return total
@@ -45,10 +47,10 @@ class _L2Normalize(torch.autograd.Function):
     """``x / max(||x||, eps)`` per row; backward ``(g - y <g, y>) / max(||x||, eps)``.
 
     Both passes run a chunk of rows at a time (:func:`ckdlab.gather.row_chunks`): the rows
-    are read from memory once and the norm, the division and the backward's four
+    are read from memory once and the norm, the division and the backward's five
     operations find them in cache (a graph backbone normalises every node's state, e.g.
-    16,018 x 64 on TikTok, several times per step). Every row's arithmetic is the same
-    as over the whole tensor, so the floats are too.
+    16,018 x 64 on TikTok, several times per step). A per-row norm and exact operations:
+    on CPU the floats are those of one pass over the whole tensor.
     """
 
     @staticmethod
@@ -88,14 +90,19 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 class _SigmoidGate(torch.autograd.Function):
-    """``sigmoid(z) * h``, a chunk of rows at a time, with autograd's backward of the two ops:
-    ``dh = g * s`` and ``dz = sigmoid_backward(g * h, s)`` for ``s = sigmoid(z)``."""
+    """``sigmoid(z) * h`` with autograd's backward of the two ops: ``dh = g * s`` and
+    ``dz = sigmoid_backward(g * h, s)`` for ``s = sigmoid(z)``.
+
+    The sigmoid is one call over the whole tensor, as before: chunked, its vector kernel's
+    scalar tail would fall elsewhere and round differently (:func:`ckdlab.gather.row_chunks`).
+    The product and the backward (exact operations) run a chunk of rows at a time.
+    """
 
     @staticmethod
     def forward(ctx, z, h):
-        gate, out = torch.empty_like(z), torch.empty_like(z)
-        for part in row_chunks(z.shape[0], rows_per_chunk(z)):
-            torch.sigmoid(z[part], out=gate[part])
+        gate = torch.sigmoid(z)
+        out = torch.empty_like(gate)
+        for part in row_chunks(gate.shape[0], rows_per_chunk(gate)):
             torch.mul(gate[part], h[part], out=out[part])
         ctx.save_for_backward(gate, h)
         return out
@@ -104,11 +111,15 @@ class _SigmoidGate(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         gate, h = ctx.saved_tensors
-        grad_z, grad_h = torch.empty_like(gate), torch.empty_like(gate)
+        want_z, want_h = ctx.needs_input_grad
+        grad_z = torch.empty_like(gate) if want_z else None
+        grad_h = torch.empty_like(gate) if want_h else None
         for part in row_chunks(gate.shape[0], rows_per_chunk(gate)):
             g = grad[part]
-            torch.mul(g, gate[part], out=grad_h[part])
-            grad_z[part] = torch.ops.aten.sigmoid_backward(g * h[part], gate[part])
+            if want_h:
+                torch.mul(g, gate[part], out=grad_h[part])
+            if want_z:
+                torch.ops.aten.sigmoid_backward.grad_input(g * h[part], gate[part], grad_input=grad_z[part])
         return grad_z, grad_h
 
 
@@ -116,6 +127,7 @@ def sigmoid_gate(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``torch.sigmoid(z) * h`` for 2-D tensors of one shape: the same value and gradient to
     the last bit, in one pass over the rows each way instead of two forward and three backward
     (EgoGCN gates every node's message, 16,018 x 64 on TikTok, per layer and modality pair)."""
-    if z.dim() != 2 or z.shape != h.shape:
-        raise ValueError(f"sigmoid_gate expects two 2-D tensors of one shape, got {tuple(z.shape)} and {tuple(h.shape)}")
+    if z.dim() != 2 or z.shape != h.shape or z.dtype != h.dtype:
+        raise ValueError(f"sigmoid_gate expects two 2-D tensors of one shape and dtype, got {tuple(z.shape)} "
+                         f"{z.dtype} and {tuple(h.shape)} {h.dtype}")
     return _SigmoidGate.apply(z, h)
