@@ -50,6 +50,11 @@ def row_chunks(n: int, chunk: int) -> list[slice]:
     return [slice(start, start + chunk) for start in range(0, n, chunk)]
 
 
+def chunks_of(x: torch.Tensor) -> list[slice]:
+    """:func:`row_chunks` of ``x``'s rows, :func:`rows_per_chunk` at a time."""
+    return row_chunks(x.shape[0], rows_per_chunk(x))
+
+
 def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum(dim=1)``, equal to the last bit, without a full-size temporary: the products
     of a chunk of rows are summed while they are in cache (contiguous rows only: a strided
@@ -57,7 +62,7 @@ def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if not (a.is_contiguous() and b.is_contiguous()):
         return (a * b).sum(dim=1)
     out = torch.empty(a.shape[0], dtype=torch.result_type(a, b), device=a.device)
-    for part in row_chunks(a.shape[0], rows_per_chunk(a)):
+    for part in chunks_of(a):
         torch.sum(torch.mul(a[part], b[part]), dim=1, out=out[part])
     return out
 
